@@ -1,0 +1,414 @@
+//! The store's suite, run against both engines: every test below is
+//! instantiated once for SQLite and once for PostgreSQL.
+
+use kumo_model::api::{Group, Tag};
+use kumo_model::{EraseMode, Machine, MachineStatus, Name, PowerState, SystemId};
+use kumo_store::{
+    GroupKind, MachineQuery, MachineWrite, NewAudit, NewEvent, NewPowerJob, Store, StoreError,
+    UserRecord,
+};
+
+fn machine(id: [u8; 6], hostname: &str, mac: &str) -> Machine {
+    Machine {
+        system_id: SystemId::from_random(id),
+        hostname: hostname.parse().unwrap(),
+        arch: "amd64".into(),
+        status: MachineStatus::New,
+        previous_status: None,
+        status_message: String::new(),
+        owner: None,
+        commissioned: false,
+        erase: EraseMode::None,
+        macs: vec![mac.parse().unwrap()],
+        power_type: "manual".into(),
+        power_parameters: Default::default(),
+        power_state: PowerState::Unknown,
+        zone: Name::parse("zone", "default").unwrap(),
+        pool: Name::parse("pool", "default").unwrap(),
+        tags: vec![],
+        cpu_count: 2,
+        memory_mib: 2048,
+        storage_bytes: 0,
+        inventory: None,
+        deadline: None,
+        version: 1,
+        created_at: 1000,
+        updated_at: 1000,
+    }
+}
+
+async fn machine_round_trip_and_filters(s: Store) {
+    let a = machine([1; 6], "node-a", "52:54:00:00:00:01");
+    let mut b = machine([2; 6], "node-b", "52:54:00:00:00:02");
+    b.status = MachineStatus::Ready;
+    b.zone = Name::parse("zone", "rack2").unwrap();
+    b.tags = vec!["compute".into()];
+    s.insert_machine(&a, "", None).await.unwrap();
+    s.insert_machine(&b, "sealed", None).await.unwrap();
+
+    assert_eq!(s.get_machine(a.system_id.as_str()).await.unwrap(), a);
+    assert_eq!(
+        s.find_machine("node-b").await.unwrap().system_id,
+        b.system_id
+    );
+    assert_eq!(
+        s.find_machine("NODE-B").await.unwrap().system_id,
+        b.system_id
+    );
+    assert_eq!(
+        s.find_machine_by_mac("52:54:00:00:00:02")
+            .await
+            .unwrap()
+            .unwrap()
+            .hostname
+            .as_str(),
+        "node-b"
+    );
+    assert!(s
+        .find_machine_by_mac("52:54:00:00:00:09")
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        s.sealed_secrets(b.system_id.as_str()).await.unwrap(),
+        "sealed"
+    );
+
+    let all = s.list_machines(&MachineQuery::default()).await.unwrap();
+    assert_eq!(
+        all.iter().map(|m| m.hostname.as_str()).collect::<Vec<_>>(),
+        ["node-a", "node-b"]
+    );
+    assert_eq!(all[1].tags, ["compute"]);
+    let ready = s
+        .list_machines(&MachineQuery {
+            statuses: vec![MachineStatus::Ready],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ready.len(), 1);
+    let zoned = s
+        .list_machines(&MachineQuery {
+            zone: Some("rack2".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(zoned[0].hostname.as_str(), "node-b");
+    let tagged = s
+        .list_machines(&MachineQuery {
+            tags: vec!["compute".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(tagged.len(), 1);
+    let none = s
+        .list_machines(&MachineQuery {
+            tags: vec!["compute".into(), "gpu".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    assert_eq!(s.count_machines().await.unwrap(), 2);
+}
+
+async fn duplicates_are_rejected_naming_what(s: Store) {
+    s.insert_machine(&machine([1; 6], "node-a", "52:54:00:00:00:01"), "", None)
+        .await
+        .unwrap();
+    let e = s
+        .insert_machine(&machine([2; 6], "node-a", "52:54:00:00:00:02"), "", None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            StoreError::Duplicate {
+                what: "hostname",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = s
+        .insert_machine(&machine([3; 6], "node-c", "52:54:00:00:00:01"), "", None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            StoreError::Duplicate {
+                what: "mac_address",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // The failed insert left nothing behind.
+    assert!(s.find_machine("node-c").await.is_err());
+    assert_eq!(s.count_machines().await.unwrap(), 1);
+}
+
+async fn concurrent_writers_conflict_instead_of_losing_a_write(s: Store) {
+    let m = machine([1; 6], "node-a", "52:54:00:00:00:01");
+    s.insert_machine(&m, "", None).await.unwrap();
+    let read1 = s.get_machine(m.system_id.as_str()).await.unwrap();
+    let read2 = read1.clone();
+    let mut w1 = read1.clone();
+    w1.status_message = "first".into();
+    let stored = s
+        .update_machine(MachineWrite::new(&w1, 2000))
+        .await
+        .unwrap();
+    assert_eq!(stored.version, 2);
+    let mut w2 = read2;
+    w2.status_message = "second".into();
+    let e = s
+        .update_machine(MachineWrite::new(&w2, 2001))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Conflict(_)), "{e}");
+    assert_eq!(
+        s.get_machine(m.system_id.as_str())
+            .await
+            .unwrap()
+            .status_message,
+        "first"
+    );
+}
+
+async fn a_write_carries_events_jobs_audit_and_tokens(s: Store) {
+    let m = machine([1; 6], "node-a", "52:54:00:00:00:01");
+    s.insert_machine(&m, "", None).await.unwrap();
+    let mut next = s.get_machine(m.system_id.as_str()).await.unwrap();
+    next.status = MachineStatus::Commissioning;
+    next.deadline = Some(5000);
+    let mut w = MachineWrite::new(&next, 2000);
+    w.events.push(NewEvent {
+        kind: "status",
+        message: "new -> commissioning".into(),
+    });
+    w.jobs.push(NewPowerJob {
+        op: "cycle".into(),
+        complete_status: None,
+    });
+    w.audit = Some(NewAudit {
+        username: "admin".into(),
+        action: "commission".into(),
+        object: "machine/node-a".into(),
+        detail: String::new(),
+    });
+    w.new_token_hash = Some("hash1".into());
+    s.update_machine(w).await.unwrap();
+
+    let jobs = s.power_jobs().await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(
+        (jobs[0].op.as_str(), jobs[0].system_id.as_str()),
+        ("cycle", m.system_id.as_str())
+    );
+    s.delete_power_job(jobs[0].id).await.unwrap();
+    assert!(s.power_jobs().await.unwrap().is_empty());
+
+    let events = s
+        .machine_events(Some(m.system_id.as_str()), 10)
+        .await
+        .unwrap();
+    assert_eq!(events.last().unwrap().message, "new -> commissioning");
+    assert_eq!(s.audit_events(10).await.unwrap()[0].action, "commission");
+    assert_eq!(
+        s.machine_by_token_hash("hash1")
+            .await
+            .unwrap()
+            .unwrap()
+            .system_id,
+        m.system_id
+    );
+
+    assert!(s.machines_past_deadline(4999).await.unwrap().is_empty());
+    assert_eq!(s.machines_past_deadline(5001).await.unwrap().len(), 1);
+
+    let mut revoke = s.get_machine(m.system_id.as_str()).await.unwrap();
+    revoke.deadline = None;
+    let mut w = MachineWrite::new(&revoke, 3000);
+    w.revoke_tokens = true;
+    s.update_machine(w).await.unwrap();
+    assert!(s.machine_by_token_hash("hash1").await.unwrap().is_none());
+}
+
+async fn manual_and_automatic_tags(s: Store) {
+    let a = machine([1; 6], "node-a", "52:54:00:00:00:01");
+    let b = machine([2; 6], "node-b", "52:54:00:00:00:02");
+    s.insert_machine(&a, "", None).await.unwrap();
+    s.insert_machine(&b, "", None).await.unwrap();
+    s.create_tag(&Tag {
+        name: "rack1".into(),
+        definition: String::new(),
+        comment: String::new(),
+    })
+    .await
+    .unwrap();
+    s.create_tag(&Tag {
+        name: "big".into(),
+        definition: "cpu_count >= 8".into(),
+        comment: String::new(),
+    })
+    .await
+    .unwrap();
+    assert!(matches!(
+        s.create_tag(&Tag {
+            name: "big".into(),
+            definition: String::new(),
+            comment: String::new()
+        })
+        .await,
+        Err(StoreError::Duplicate { .. })
+    ));
+    s.tag_machines(
+        "rack1",
+        &[a.system_id.to_string(), b.system_id.to_string()],
+        &[],
+    )
+    .await
+    .unwrap();
+    s.set_auto_tag_members("big", &[b.system_id.to_string()])
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_machine(b.system_id.as_str()).await.unwrap().tags,
+        ["big", "rack1"]
+    );
+    s.tag_machines("rack1", &[], &[b.system_id.to_string()])
+        .await
+        .unwrap();
+    s.set_machine_auto_tags(b.system_id.as_str(), &[])
+        .await
+        .unwrap();
+    assert!(s
+        .get_machine(b.system_id.as_str())
+        .await
+        .unwrap()
+        .tags
+        .is_empty());
+    assert!(matches!(
+        s.tag_machines("nope", &[], &[]).await,
+        Err(StoreError::NotFound { what: "tag", .. })
+    ));
+    s.delete_tag("rack1").await.unwrap();
+    assert!(s
+        .get_machine(a.system_id.as_str())
+        .await
+        .unwrap()
+        .tags
+        .is_empty());
+}
+
+async fn groups_in_use_are_not_deleted(s: Store) {
+    s.ensure_group(GroupKind::Zone, "default", "")
+        .await
+        .unwrap();
+    s.ensure_group(GroupKind::Zone, "default", "")
+        .await
+        .unwrap();
+    s.create_group(
+        GroupKind::Zone,
+        &Group {
+            name: "rack2".into(),
+            description: "second rack".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let mut m = machine([1; 6], "node-a", "52:54:00:00:00:01");
+    m.zone = Name::parse("zone", "rack2").unwrap();
+    s.insert_machine(&m, "", None).await.unwrap();
+    let e = s.delete_group(GroupKind::Zone, "rack2").await.unwrap_err();
+    assert!(matches!(e, StoreError::InUse { count: 1, .. }), "{e}");
+    assert_eq!(s.list_groups(GroupKind::Zone).await.unwrap().len(), 2);
+    s.create_group(
+        GroupKind::Pool,
+        &Group {
+            name: "spare".into(),
+            description: String::new(),
+        },
+    )
+    .await
+    .unwrap();
+    s.delete_group(GroupKind::Pool, "spare").await.unwrap();
+    assert!(s.list_groups(GroupKind::Pool).await.unwrap().is_empty());
+}
+
+async fn users_and_api_keys(s: Store) {
+    s.create_user(&UserRecord {
+        username: "admin".into(),
+        password_hash: "h".into(),
+        admin: true,
+    })
+    .await
+    .unwrap();
+    assert!(matches!(
+        s.create_user(&UserRecord {
+            username: "admin".into(),
+            password_hash: "h".into(),
+            admin: false
+        })
+        .await,
+        Err(StoreError::Duplicate { .. })
+    ));
+    s.add_api_key("k1", "admin", "secrethash", 1).await.unwrap();
+    let (u, h) = s.api_key("k1").await.unwrap().unwrap();
+    assert!(u.admin);
+    assert_eq!(h, "secrethash");
+    assert!(s.api_key("k2").await.unwrap().is_none());
+    assert_eq!(s.list_users().await.unwrap().len(), 1);
+}
+
+macro_rules! both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[tokio::test] async fn $name() { let (s, _dir) = kumo_store::testing::sqlite().await; super::$name(s).await } )*
+        }
+        mod postgres {
+            $( #[tokio::test] async fn $name() { let (s, _url) = kumo_store::testing::postgres().await; super::$name(s).await } )*
+        }
+    };
+}
+
+both_engines!(
+    machine_round_trip_and_filters,
+    duplicates_are_rejected_naming_what,
+    concurrent_writers_conflict_instead_of_losing_a_write,
+    a_write_carries_events_jobs_audit_and_tokens,
+    manual_and_automatic_tags,
+    groups_in_use_are_not_deleted,
+    users_and_api_keys,
+);
+
+#[tokio::test]
+async fn reopening_a_database_keeps_data_and_does_not_migrate_twice() {
+    let (s, dir) = kumo_store::testing::sqlite().await;
+    s.insert_machine(&machine([1; 6], "node-a", "52:54:00:00:00:01"), "", None)
+        .await
+        .unwrap();
+    s.close().await;
+    let url = format!("sqlite:{}", dir.path().join("kumo.db").display());
+    let s = Store::open(&url).await.unwrap();
+    assert_eq!(s.count_machines().await.unwrap(), 1);
+
+    let (p, url) = kumo_store::testing::postgres().await;
+    p.insert_machine(&machine([1; 6], "node-a", "52:54:00:00:00:01"), "", None)
+        .await
+        .unwrap();
+    p.close().await;
+    let p = Store::open(&url).await.unwrap();
+    assert_eq!(p.count_machines().await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn unknown_url_scheme_is_rejected() {
+    let e = Store::open("mysql://x").await.unwrap_err();
+    assert!(e.to_string().contains("mysql://x"), "{e}");
+}
