@@ -193,7 +193,9 @@ impl PowerDriver for QemuDriver {
         drop(q);
         let deadline = Instant::now() + STOP_TIMEOUT;
         while Instant::now() < deadline {
-            if self.connect().await.ok().flatten().is_none() {
+            // Only a refused/absent socket means gone: while QEMU shuts down
+            // it may still accept and then drop a connection.
+            if let Ok(None) = self.connect().await {
                 return Ok(());
             }
             sleep(Duration::from_millis(100)).await;
