@@ -9,7 +9,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::ChildGuard;
-use kumo_power::{driver_for, run_with_retries, PowerAction, PowerDriver, PowerError, PowerState, RetryPolicy};
+use kumo_power::{
+    driver_for, run_with_retries, PowerAction, PowerDriver, PowerError, PowerState, RetryPolicy,
+};
 use serde_json::json;
 
 const USER: &str = "kumo";
@@ -105,7 +107,10 @@ fn driver(port: u16, pass: &str, interface: &str) -> Box<dyn PowerDriver> {
 }
 
 async fn wait_ready(d: &dyn PowerDriver) {
-    let ready = common::wait_for(Duration::from_secs(15), || async { d.power_query().await.is_ok() }).await;
+    let ready = common::wait_for(Duration::from_secs(15), || async {
+        d.power_query().await.is_ok()
+    })
+    .await;
     assert!(ready, "ipmi_sim did not answer");
 }
 
@@ -119,17 +124,29 @@ async fn off_on_query_off_query() {
     d.power_off().await.unwrap();
     assert_eq!(d.power_query().await.unwrap(), PowerState::Off);
     assert_eq!(
-        run_with_retries(d.as_ref(), PowerAction::On, &policy).await.unwrap(),
+        run_with_retries(d.as_ref(), PowerAction::On, &policy)
+            .await
+            .unwrap(),
         Some(PowerState::On)
     );
-    assert_eq!(std::fs::read_to_string(&bmc.state_file).unwrap().trim(), "1");
     assert_eq!(
-        run_with_retries(d.as_ref(), PowerAction::Query, &policy).await.unwrap(),
+        std::fs::read_to_string(&bmc.state_file).unwrap().trim(),
+        "1"
+    );
+    assert_eq!(
+        run_with_retries(d.as_ref(), PowerAction::Query, &policy)
+            .await
+            .unwrap(),
         Some(PowerState::On)
     );
-    run_with_retries(d.as_ref(), PowerAction::Off, &policy).await.unwrap();
+    run_with_retries(d.as_ref(), PowerAction::Off, &policy)
+        .await
+        .unwrap();
     assert_eq!(d.power_query().await.unwrap(), PowerState::Off);
-    assert_eq!(std::fs::read_to_string(&bmc.state_file).unwrap().trim(), "0");
+    assert_eq!(
+        std::fs::read_to_string(&bmc.state_file).unwrap().trim(),
+        "0"
+    );
 }
 
 #[tokio::test]
@@ -167,7 +184,10 @@ async fn wrong_password_is_fatal() {
         );
         assert!(!format!("{err:?}").contains("not-the-password"));
     }
-    assert_eq!(std::fs::read_to_string(&bmc.state_file).unwrap().trim(), "0");
+    assert_eq!(
+        std::fs::read_to_string(&bmc.state_file).unwrap().trim(),
+        "0"
+    );
 }
 
 #[tokio::test]

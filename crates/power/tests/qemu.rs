@@ -76,7 +76,9 @@ async fn cont_query_quit() {
     // -S: prelaunch counts as off.
     assert_eq!(d.power_query().await.unwrap(), PowerState::Off);
     assert_eq!(
-        run_with_retries(d.as_ref(), PowerAction::On, &policy).await.unwrap(),
+        run_with_retries(d.as_ref(), PowerAction::On, &policy)
+            .await
+            .unwrap(),
         Some(PowerState::On)
     );
     assert_eq!(d.power_query().await.unwrap(), PowerState::On);
@@ -84,7 +86,9 @@ async fn cont_query_quit() {
     d.power_on().await.unwrap();
 
     assert_eq!(
-        run_with_retries(d.as_ref(), PowerAction::Off, &policy).await.unwrap(),
+        run_with_retries(d.as_ref(), PowerAction::Off, &policy)
+            .await
+            .unwrap(),
         Some(PowerState::Off)
     );
     let exited = common::wait_for(Duration::from_secs(10), || {

@@ -10,7 +10,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::ChildGuard;
-use kumo_power::{driver_for, run_with_retries, PowerAction, PowerDriver, PowerError, PowerState, RetryPolicy};
+use kumo_power::{
+    driver_for, run_with_retries, PowerAction, PowerDriver, PowerError, PowerState, RetryPolicy,
+};
 use serde_json::json;
 
 const USER: &str = "kumo";
@@ -32,7 +34,11 @@ fn sushy_emulator() -> PathBuf {
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 struct Bmc {
@@ -48,7 +54,18 @@ fn start_bmc() -> Bmc {
     let d = |name: &str| dir.path().join(name);
 
     run(Command::new(openssl)
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+        ])
         .arg(d("key.pem"))
         .arg("-out")
         .arg(d("cert.pem")));
@@ -64,7 +81,11 @@ fn start_bmc() -> Bmc {
         ])
         .output()
         .unwrap_or_else(|e| panic!("{}: {e}", python.display()));
-    assert!(out.status.success(), "bcrypt: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "bcrypt: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::fs::write(d("htpasswd"), out.stdout).unwrap();
 
     let port = common::free_tcp_port();
@@ -110,13 +131,17 @@ SUSHY_EMULATOR_FAKE_SYSTEMS = [{{
 }
 
 fn driver(address: &str, pass: &str, extra: serde_json::Value) -> Box<dyn PowerDriver> {
-    let mut p = common::params(json!({"power_address": address, "power_user": USER, "power_pass": pass}));
+    let mut p =
+        common::params(json!({"power_address": address, "power_user": USER, "power_pass": pass}));
     p.extend(common::params(extra));
     driver_for("redfish", &p).unwrap()
 }
 
 async fn wait_ready(d: &dyn PowerDriver, log_dir: &Path) {
-    let ready = common::wait_for(Duration::from_secs(30), || async { d.power_query().await.is_ok() }).await;
+    let ready = common::wait_for(Duration::from_secs(30), || async {
+        d.power_query().await.is_ok()
+    })
+    .await;
     assert!(
         ready,
         "sushy-emulator did not answer: {}",
@@ -141,13 +166,22 @@ async fn on_query_off_query() {
     let policy = RetryPolicy::default();
 
     assert_eq!(
-        run_with_retries(d.as_ref(), PowerAction::Query, &policy).await.unwrap(),
+        run_with_retries(d.as_ref(), PowerAction::Query, &policy)
+            .await
+            .unwrap(),
         Some(PowerState::Off)
     );
     // Redfish resets may apply later, so no state is claimed.
-    assert_eq!(run_with_retries(d.as_ref(), PowerAction::On, &policy).await.unwrap(), None);
+    assert_eq!(
+        run_with_retries(d.as_ref(), PowerAction::On, &policy)
+            .await
+            .unwrap(),
+        None
+    );
     wait_state(d.as_ref(), PowerState::On).await;
-    run_with_retries(d.as_ref(), PowerAction::Off, &policy).await.unwrap();
+    run_with_retries(d.as_ref(), PowerAction::Off, &policy)
+        .await
+        .unwrap();
     wait_state(d.as_ref(), PowerState::Off).await;
 }
 
@@ -160,9 +194,13 @@ async fn https_url_and_node_id() {
     assert_eq!(d.power_query().await.unwrap(), PowerState::Off);
 
     let missing = driver(&url, PASS, json!({"node_id": "no-such-node"}));
-    let err = run_with_retries(missing.as_ref(), PowerAction::Query, &RetryPolicy::default())
-        .await
-        .unwrap_err();
+    let err = run_with_retries(
+        missing.as_ref(),
+        PowerAction::Query,
+        &RetryPolicy::default(),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, PowerError::Fatal { .. }), "{err:?}");
     assert!(err.to_string().contains("404"), "{err}");
 }
@@ -170,16 +208,27 @@ async fn https_url_and_node_id() {
 #[tokio::test]
 async fn self_signed_cert_is_rejected_when_verifying() {
     let bmc = start_bmc();
-    wait_ready(driver(&bmc.address, PASS, json!({})).as_ref(), bmc._dir.path()).await;
+    wait_ready(
+        driver(&bmc.address, PASS, json!({})).as_ref(),
+        bmc._dir.path(),
+    )
+    .await;
     let d = driver(&bmc.address, PASS, json!({"verify_tls": true}));
     let err = d.power_query().await.unwrap_err();
-    assert!(err.to_string().to_lowercase().contains("certificate"), "{err}");
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
 async fn wrong_password_is_fatal() {
     let bmc = start_bmc();
-    wait_ready(driver(&bmc.address, PASS, json!({})).as_ref(), bmc._dir.path()).await;
+    wait_ready(
+        driver(&bmc.address, PASS, json!({})).as_ref(),
+        bmc._dir.path(),
+    )
+    .await;
     let d = driver(&bmc.address, "not-the-password", json!({}));
     let policy = RetryPolicy {
         attempts: 3,
@@ -195,8 +244,14 @@ async fn wrong_password_is_fatal() {
     .unwrap_err();
     assert!(matches!(err, PowerError::Fatal { .. }), "{err:?}");
     let msg = err.to_string();
-    assert!(msg.starts_with(&format!("redfish https://{}: ", bmc.address)), "{msg}");
-    assert!(msg.contains("authentication failed (401 Unauthorized)"), "{msg}");
+    assert!(
+        msg.starts_with(&format!("redfish https://{}: ", bmc.address)),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("authentication failed (401 Unauthorized)"),
+        "{msg}"
+    );
     assert!(!format!("{msg} {err:?}").contains("not-the-password"));
 }
 

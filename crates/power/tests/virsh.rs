@@ -44,9 +44,15 @@ async fn unknown_domain_is_fatal() {
         .unwrap_err();
     assert!(matches!(err, PowerError::Fatal { .. }), "{err:?}");
     let msg = err.to_string();
-    assert!(msg.starts_with("virsh test:///default domain kumo-no-such-domain: "), "{msg}");
+    assert!(
+        msg.starts_with("virsh test:///default domain kumo-no-such-domain: "),
+        "{msg}"
+    );
     assert!(msg.contains("kumo-no-such-domain'"), "{msg}");
-    assert!(matches!(d.power_on().await.unwrap_err(), PowerError::Fatal { .. }));
+    assert!(matches!(
+        d.power_on().await.unwrap_err(),
+        PowerError::Fatal { .. }
+    ));
 }
 
 #[tokio::test]

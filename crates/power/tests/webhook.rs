@@ -26,7 +26,12 @@ struct Machine {
     fail_next: Arc<Mutex<u32>>,
 }
 
-async fn handle(State(m): State<Machine>, method: Method, uri: Uri, headers: HeaderMap) -> impl IntoResponse {
+async fn handle(
+    State(m): State<Machine>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> impl IntoResponse {
     let auth = headers
         .get("authorization")
         .map(|v| v.to_str().unwrap().to_owned());
@@ -54,8 +59,15 @@ async fn handle(State(m): State<Machine>, method: Method, uri: Uri, headers: Hea
         (Method::POST, "/vm/on") => *m.on.lock().unwrap() = true,
         (Method::POST, "/vm/off") => *m.on.lock().unwrap() = false,
         (Method::GET, "/vm/status") => {
-            let s = if *m.on.lock().unwrap() { "Running" } else { "Stopped" };
-            return (StatusCode::OK, format!(r#"{{"name": "vm", "status": "{s}"}}"#));
+            let s = if *m.on.lock().unwrap() {
+                "Running"
+            } else {
+                "Stopped"
+            };
+            return (
+                StatusCode::OK,
+                format!(r#"{{"name": "vm", "status": "{s}"}}"#),
+            );
         }
         _ => return (StatusCode::NOT_FOUND, "no such thing".to_owned()),
     }
@@ -84,19 +96,36 @@ fn hook_params(base: &str, auth: serde_json::Value) -> serde_json::Map<String, s
 #[tokio::test]
 async fn on_off_query_with_basic_auth() {
     let (base, m) = serve().await;
-    let d = driver_for("webhook", &hook_params(&base, json!({"power_user": "admin", "power_pass": "s3cret"}))).unwrap();
+    let d = driver_for(
+        "webhook",
+        &hook_params(
+            &base,
+            json!({"power_user": "admin", "power_pass": "s3cret"}),
+        ),
+    )
+    .unwrap();
     let policy = RetryPolicy::default();
     assert_eq!(d.power_query().await.unwrap(), PowerState::Off);
     // Webhooks are fire-and-forget: no state claimed after on/off.
-    assert_eq!(run_with_retries(d.as_ref(), PowerAction::On, &policy).await.unwrap(), None);
+    assert_eq!(
+        run_with_retries(d.as_ref(), PowerAction::On, &policy)
+            .await
+            .unwrap(),
+        None
+    );
     assert_eq!(d.power_query().await.unwrap(), PowerState::On);
     d.power_off().await.unwrap();
     assert_eq!(
-        run_with_retries(d.as_ref(), PowerAction::Query, &policy).await.unwrap(),
+        run_with_retries(d.as_ref(), PowerAction::Query, &policy)
+            .await
+            .unwrap(),
         Some(PowerState::Off)
     );
     let seen = m.seen.lock().unwrap().clone();
-    let calls: Vec<(Method, &str)> = seen.iter().map(|s| (s.method.clone(), s.path.as_str())).collect();
+    let calls: Vec<(Method, &str)> = seen
+        .iter()
+        .map(|s| (s.method.clone(), s.path.as_str()))
+        .collect();
     assert_eq!(
         calls,
         [
@@ -107,7 +136,9 @@ async fn on_off_query_with_basic_auth() {
             (Method::GET, "/vm/status"),
         ]
     );
-    assert!(seen.iter().all(|s| s.auth.as_deref() == Some("Basic YWRtaW46czNjcmV0")));
+    assert!(seen
+        .iter()
+        .all(|s| s.auth.as_deref() == Some("Basic YWRtaW46czNjcmV0")));
 }
 
 #[tokio::test]
@@ -120,20 +151,37 @@ async fn bearer_token_and_custom_regex() {
     .unwrap();
     d.power_on().await.unwrap();
     assert_eq!(d.power_query().await.unwrap(), PowerState::On);
-    assert_eq!(m.seen.lock().unwrap()[0].auth.as_deref(), Some("Bearer tok-123"));
+    assert_eq!(
+        m.seen.lock().unwrap()[0].auth.as_deref(),
+        Some("Bearer tok-123")
+    );
 }
 
 #[tokio::test]
 async fn wrong_credentials_are_fatal_and_not_retried() {
     let (base, m) = serve().await;
-    let d = driver_for("webhook", &hook_params(&base, json!({"power_user": "admin", "power_pass": "wrong-pw"}))).unwrap();
+    let d = driver_for(
+        "webhook",
+        &hook_params(
+            &base,
+            json!({"power_user": "admin", "power_pass": "wrong-pw"}),
+        ),
+    )
+    .unwrap();
     let err = run_with_retries(d.as_ref(), PowerAction::On, &RetryPolicy::default())
         .await
         .unwrap_err();
     assert!(matches!(err, PowerError::Fatal { .. }), "{err:?}");
-    assert_eq!(m.seen.lock().unwrap().len(), 1, "a fatal error must not be retried");
+    assert_eq!(
+        m.seen.lock().unwrap().len(),
+        1,
+        "a fatal error must not be retried"
+    );
     let msg = err.to_string();
-    assert_eq!(msg, format!("webhook {base}: power on: authentication failed (401 Unauthorized)"));
+    assert_eq!(
+        msg,
+        format!("webhook {base}: power on: authentication failed (401 Unauthorized)")
+    );
     assert!(!msg.contains("wrong-pw"));
 }
 
@@ -141,14 +189,20 @@ async fn wrong_credentials_are_fatal_and_not_retried() {
 async fn server_errors_are_retried() {
     let (base, m) = serve().await;
     *m.fail_next.lock().unwrap() = 2;
-    let d = driver_for("webhook", &hook_params(&base, json!({"power_token": "tok-123"}))).unwrap();
+    let d = driver_for(
+        "webhook",
+        &hook_params(&base, json!({"power_token": "tok-123"})),
+    )
+    .unwrap();
     let policy = RetryPolicy {
         attempts: 4,
         initial_backoff: std::time::Duration::from_millis(10),
         max_backoff: std::time::Duration::from_millis(50),
     };
     assert_eq!(
-        run_with_retries(d.as_ref(), PowerAction::Query, &policy).await.unwrap(),
+        run_with_retries(d.as_ref(), PowerAction::Query, &policy)
+            .await
+            .unwrap(),
         Some(PowerState::Off)
     );
     assert_eq!(m.seen.lock().unwrap().len(), 3);
@@ -161,5 +215,8 @@ async fn server_gone_is_transient() {
     let d = driver_for("webhook", &hook_params(&base, json!({}))).unwrap();
     let err = d.power_query().await.unwrap_err();
     assert!(err.is_transient(), "{err:?}");
-    assert!(err.to_string().starts_with(&format!("webhook {base}: ")), "{err}");
+    assert!(
+        err.to_string().starts_with(&format!("webhook {base}: ")),
+        "{err}"
+    );
 }

@@ -52,9 +52,21 @@ fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static)
 
 /// The UDP payloads to port 9 in a pcap file (Ethernet link type).
 fn udp_payloads(pcap: &[u8]) -> Vec<(std::net::Ipv4Addr, Vec<u8>)> {
-    assert!(pcap.len() >= 24, "pcap file too short: {} bytes", pcap.len());
-    assert_eq!(&pcap[..4], &[0xd4, 0xc3, 0xb2, 0xa1], "expected little-endian pcap");
-    assert_eq!(u32::from_le_bytes(pcap[20..24].try_into().unwrap()), 1, "ethernet link type");
+    assert!(
+        pcap.len() >= 24,
+        "pcap file too short: {} bytes",
+        pcap.len()
+    );
+    assert_eq!(
+        &pcap[..4],
+        &[0xd4, 0xc3, 0xb2, 0xa1],
+        "expected little-endian pcap"
+    );
+    assert_eq!(
+        u32::from_le_bytes(pcap[20..24].try_into().unwrap()),
+        1,
+        "ethernet link type"
+    );
     let mut out = Vec::new();
     let mut at = 24;
     while at + 16 <= pcap.len() {
@@ -87,7 +99,9 @@ async fn magic_packet_is_broadcast() {
     let ns = Netns(format!("kumo-wol-{id}"));
     let (send_if, nic_if) = (format!("kw{id}s"), format!("kw{id}n"));
     ip(&["netns", "add", &ns.0]);
-    ip(&["-n", &ns.0, "link", "add", &send_if, "type", "veth", "peer", "name", &nic_if]);
+    ip(&[
+        "-n", &ns.0, "link", "add", &send_if, "type", "veth", "peer", "name", &nic_if,
+    ]);
     ip(&["-n", &ns.0, "addr", "add", "10.213.0.1/24", "dev", &send_if]);
     for dev in ["lo", send_if.as_str(), nic_if.as_str()] {
         ip(&["-n", &ns.0, "link", "set", dev, "up"]);
@@ -126,7 +140,10 @@ async fn magic_packet_is_broadcast() {
     )
     .unwrap();
     let (d, sent) = in_netns(&ns.0, move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let sent = rt.block_on(d.power_on());
         (d, sent)
     });
