@@ -28,7 +28,9 @@ if ((${#missing[@]})); then
   echo "deps-power: apt-get install ${missing[*]}"
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+  install() { $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"; }
+  # A fresh machine may have no package lists yet.
+  install || { echo "deps-power: apt-get update"; $SUDO apt-get update && install; }
 else
   echo "deps-power: apt packages already installed: ${APT_PACKAGES[*]}"
 fi

@@ -181,19 +181,20 @@ impl PowerDriver for QemuDriver {
             return Ok(());
         };
         // QEMU may close the socket before replying to quit; that is success.
-        match timeout(QMP_TIMEOUT, q.execute("quit", None)).await {
-            Ok(Ok(Reply::Error { class, desc })) => {
-                return Err(PowerError::fatal(
-                    self.target(),
-                    format!("qmp quit: {class}: {desc}"),
-                ))
-            }
-            Ok(_) | Err(_) => {}
+        if let Ok(Ok(Reply::Error { class, desc })) =
+            timeout(QMP_TIMEOUT, q.execute("quit", None)).await
+        {
+            return Err(PowerError::fatal(
+                self.target(),
+                format!("qmp quit: {class}: {desc}"),
+            ));
         }
         drop(q);
         let deadline = Instant::now() + STOP_TIMEOUT;
         while Instant::now() < deadline {
-            if self.connect().await.ok().flatten().is_none() {
+            // Only a refused/absent socket means gone: while QEMU shuts down
+            // it may still accept and then drop a connection.
+            if let Ok(None) = self.connect().await {
                 return Ok(());
             }
             sleep(Duration::from_millis(100)).await;
