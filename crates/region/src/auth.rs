@@ -30,7 +30,8 @@ impl Actor {
 pub fn hash_password(password: &str, entropy: &dyn Entropy) -> Result<String, RegionError> {
     let mut salt = [0u8; 16];
     entropy.fill(&mut salt);
-    let salt = SaltString::encode_b64(&salt).map_err(|e| RegionError::Internal(format!("password salt: {e}")))?;
+    let salt = SaltString::encode_b64(&salt)
+        .map_err(|e| RegionError::Internal(format!("password salt: {e}")))?;
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
@@ -39,7 +40,11 @@ pub fn hash_password(password: &str, entropy: &dyn Entropy) -> Result<String, Re
 
 pub fn verify_password(password: &str, hash: &str) -> bool {
     PasswordHash::new(hash)
-        .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+        .map(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
         .unwrap_or(false)
 }
 
@@ -73,7 +78,11 @@ pub fn parse_api_key(key: &str) -> Option<(&str, &str)> {
 
 /// Compares in constant time, so a key's hash cannot be guessed byte by byte.
 pub fn constant_time_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 #[cfg(test)]

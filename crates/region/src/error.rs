@@ -17,7 +17,11 @@ pub enum RegionError {
     #[error("{what} {value:?} already exists")]
     AlreadyExists { what: &'static str, value: String },
     #[error("{what} {id:?} is in use by {count} machines")]
-    InUse { what: &'static str, id: String, count: i64 },
+    InUse {
+        what: &'static str,
+        id: String,
+        count: i64,
+    },
     #[error("machine {0} kept changing under concurrent writers; try again")]
     Busy(String),
     #[error("authentication required")]
@@ -55,7 +59,9 @@ impl RegionError {
     /// The stable error code for API clients.
     pub fn code(&self) -> &'static str {
         match self {
-            RegionError::Model(ModelError::InvalidField { .. }) | RegionError::Invalid { .. } => "invalid_field",
+            RegionError::Model(ModelError::InvalidField { .. }) | RegionError::Invalid { .. } => {
+                "invalid_field"
+            }
             RegionError::Model(ModelError::IllegalTransition { .. }) => "illegal_transition",
             RegionError::Model(ModelError::InvalidConstraint { .. }) => "invalid_constraint",
             RegionError::Model(ModelError::NoMachineMatches { .. }) => "no_machine_matches",
@@ -68,7 +74,9 @@ impl RegionError {
             RegionError::Busy(_) => "busy",
             RegionError::Unauthorized => "unauthorized",
             RegionError::Forbidden(_) => "forbidden",
-            RegionError::Secrets(_) | RegionError::Store(_) | RegionError::Internal(_) => "internal",
+            RegionError::Secrets(_) | RegionError::Store(_) | RegionError::Internal(_) => {
+                "internal"
+            }
         }
     }
 
@@ -77,7 +85,9 @@ impl RegionError {
         match self {
             RegionError::Model(ModelError::InvalidField { field, .. }) => Some((*field).to_owned()),
             RegionError::Invalid { field, .. } => Some(field.clone()),
-            RegionError::Power(PowerError::InvalidParameters { field, .. }) => Some(format!("power_parameters.{field}")),
+            RegionError::Power(PowerError::InvalidParameters { field, .. }) => {
+                Some(format!("power_parameters.{field}"))
+            }
             _ => None,
         }
     }

@@ -16,15 +16,19 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use kumo_model::api::{
-    ActionOptions, AddMachine, AllocateRequest, AuditEvent, CreateUser, Group, Instructions, MachineEvent, MachineFilter,
-    MachineView, NewApiKey, ReportEvent, ReportResult, StatusReport, Tag, UpdateMachine, UpdateTagMachines, User,
+    ActionOptions, AddMachine, AllocateRequest, AuditEvent, CreateUser, Group, Instructions,
+    MachineEvent, MachineFilter, MachineView, NewApiKey, ReportEvent, ReportResult, StatusReport,
+    Tag, UpdateMachine, UpdateTagMachines, User,
 };
 use kumo_model::constraints::Constraints;
 use kumo_model::lifecycle::{self, Action, Effect, EraseMode, MachineStatus};
 use kumo_model::tags::TagDefinition;
 use kumo_model::{Hostname, Inventory, MacAddress, Machine, Millis, Name, PowerState, SystemId};
 use kumo_power::RetryPolicy;
-use kumo_store::{GroupKind, MachineQuery, MachineWrite, NewAudit, NewEvent, NewPowerJob, Store, StoreError, UserRecord};
+use kumo_store::{
+    GroupKind, MachineQuery, MachineWrite, NewAudit, NewEvent, NewPowerJob, Store, StoreError,
+    UserRecord,
+};
 use serde_json::{Map, Value};
 use tokio::sync::Notify;
 
@@ -34,7 +38,9 @@ pub use error::RegionError;
 pub use metrics::Metrics;
 pub use secrets::SecretBox;
 
-pub const ARCHITECTURES: &[&str] = &["amd64", "arm64", "i386", "armhf", "ppc64el", "s390x", "riscv64"];
+pub const ARCHITECTURES: &[&str] = &[
+    "amd64", "arm64", "i386", "armhf", "ppc64el", "s390x", "riscv64",
+];
 
 /// Key in a machine's sealed secrets holding its machine-API token.
 const MACHINE_TOKEN_KEY: &str = "_machine_token";
@@ -84,7 +90,13 @@ enum Outcome {
 }
 
 impl Region {
-    pub fn new(store: Store, secrets: SecretBox, clock: Arc<dyn Clock>, entropy: Arc<dyn Entropy>, config: RegionConfig) -> Self {
+    pub fn new(
+        store: Store,
+        secrets: SecretBox,
+        clock: Arc<dyn Clock>,
+        entropy: Arc<dyn Entropy>,
+        config: RegionConfig,
+    ) -> Self {
         Region {
             inner: Arc::new(Inner {
                 store,
@@ -102,7 +114,11 @@ impl Region {
 
     /// Opens the region on a data directory's key file and a store URL,
     /// creating the default zone and pool.
-    pub async fn open(store_url: &str, key_file: &Path, config: RegionConfig) -> Result<Self, RegionError> {
+    pub async fn open(
+        store_url: &str,
+        key_file: &Path,
+        config: RegionConfig,
+    ) -> Result<Self, RegionError> {
         let store = Store::open(store_url).await?;
         let entropy: Arc<dyn Entropy> = Arc::new(OsEntropy);
         let secrets = SecretBox::load_or_create(key_file, entropy.as_ref())?;
@@ -112,8 +128,12 @@ impl Region {
     }
 
     pub async fn ensure_defaults(&self) -> Result<(), RegionError> {
-        self.store().ensure_group(GroupKind::Zone, "default", "the default zone").await?;
-        self.store().ensure_group(GroupKind::Pool, "default", "the default pool").await?;
+        self.store()
+            .ensure_group(GroupKind::Zone, "default", "the default zone")
+            .await?;
+        self.store()
+            .ensure_group(GroupKind::Pool, "default", "the default pool")
+            .await?;
         Ok(())
     }
 
@@ -146,7 +166,10 @@ impl Region {
         if actor.admin {
             Ok(())
         } else {
-            Err(RegionError::Forbidden(format!("{what} needs an admin user; {} is not one", actor.username)))
+            Err(RegionError::Forbidden(format!(
+                "{what} needs an admin user; {} is not one",
+                actor.username
+            )))
         }
     }
 
@@ -161,8 +184,14 @@ impl Region {
     }
 
     pub fn view(&self, m: Machine) -> MachineView {
-        let allowed_actions = lifecycle::allowed_actions(&m.lifecycle()).into_iter().map(str::to_owned).collect();
-        MachineView { machine: m, allowed_actions }
+        let allowed_actions = lifecycle::allowed_actions(&m.lifecycle())
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        MachineView {
+            machine: m,
+            allowed_actions,
+        }
     }
 
     // ---- users and keys ------------------------------------------------
@@ -173,16 +202,34 @@ impl Region {
         Self::require_admin(actor, "creating a user")?;
         let name = Name::parse("username", &req.username)?;
         if req.password.len() < 8 {
-            return Err(RegionError::invalid("password", "must be at least 8 characters"));
+            return Err(RegionError::invalid(
+                "password",
+                "must be at least 8 characters",
+            ));
         }
         let hash = auth::hash_password(&req.password, self.entropy())?;
         self.store()
-            .create_user(&UserRecord { username: name.to_string(), password_hash: hash, admin: req.admin })
+            .create_user(&UserRecord {
+                username: name.to_string(),
+                password_hash: hash,
+                admin: req.admin,
+            })
             .await?;
         self.store()
-            .add_audit(self.now(), &Self::audit(actor, "create", format!("user/{name}"), if req.admin { "admin" } else { "" }))
+            .add_audit(
+                self.now(),
+                &Self::audit(
+                    actor,
+                    "create",
+                    format!("user/{name}"),
+                    if req.admin { "admin" } else { "" },
+                ),
+            )
             .await?;
-        Ok(User { username: name.to_string(), admin: req.admin })
+        Ok(User {
+            username: name.to_string(),
+            admin: req.admin,
+        })
     }
 
     pub async fn list_users(&self) -> Result<Vec<User>, RegionError> {
@@ -190,34 +237,69 @@ impl Region {
     }
 
     /// Makes an API key for `username`: users make their own, admins any.
-    pub async fn create_api_key(&self, actor: &Actor, username: &str) -> Result<NewApiKey, RegionError> {
+    pub async fn create_api_key(
+        &self,
+        actor: &Actor,
+        username: &str,
+    ) -> Result<NewApiKey, RegionError> {
         if actor.username != username {
             Self::require_admin(actor, "creating another user's API key")?;
         }
         self.store().get_user(username).await?;
         let (id, hash, key) = auth::new_api_key(self.entropy());
-        self.store().add_api_key(&id, username, &hash, self.now()).await?;
         self.store()
-            .add_audit(self.now(), &Self::audit(actor, "create", format!("api-key/{id}"), format!("for {username}")))
+            .add_api_key(&id, username, &hash, self.now())
             .await?;
-        Ok(NewApiKey { username: username.to_owned(), key })
+        self.store()
+            .add_audit(
+                self.now(),
+                &Self::audit(
+                    actor,
+                    "create",
+                    format!("api-key/{id}"),
+                    format!("for {username}"),
+                ),
+            )
+            .await?;
+        Ok(NewApiKey {
+            username: username.to_owned(),
+            key,
+        })
     }
 
     /// Resolves an API key to its user.
     pub async fn authenticate(&self, key: &str) -> Result<Actor, RegionError> {
         let (id, secret) = auth::parse_api_key(key).ok_or(RegionError::Unauthorized)?;
-        let (user, hash) = self.store().api_key(id).await?.ok_or(RegionError::Unauthorized)?;
+        let (user, hash) = self
+            .store()
+            .api_key(id)
+            .await?
+            .ok_or(RegionError::Unauthorized)?;
         if auth::constant_time_eq(&auth::sha256_hex(secret), &hash) {
-            Ok(Actor { username: user.username, admin: user.admin })
+            Ok(Actor {
+                username: user.username,
+                admin: user.admin,
+            })
         } else {
             Err(RegionError::Unauthorized)
         }
     }
 
-    pub async fn check_password(&self, username: &str, password: &str) -> Result<Actor, RegionError> {
-        let user = self.store().get_user(username).await.map_err(|_| RegionError::Unauthorized)?;
+    pub async fn check_password(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<Actor, RegionError> {
+        let user = self
+            .store()
+            .get_user(username)
+            .await
+            .map_err(|_| RegionError::Unauthorized)?;
         if auth::verify_password(password, &user.password_hash) {
-            Ok(Actor { username: user.username, admin: user.admin })
+            Ok(Actor {
+                username: user.username,
+                admin: user.admin,
+            })
         } else {
             Err(RegionError::Unauthorized)
         }
@@ -238,7 +320,11 @@ impl Region {
         q.owner = f.owner.clone();
         q.arch = f.arch.clone();
         if let Some(t) = &f.tags {
-            q.tags = t.split(',').filter(|p| !p.is_empty()).map(str::to_owned).collect();
+            q.tags = t
+                .split(',')
+                .filter(|p| !p.is_empty())
+                .map(str::to_owned)
+                .collect();
         }
         Ok(self.store().list_machines(&q).await?)
     }
@@ -248,15 +334,26 @@ impl Region {
         Ok(self.store().find_machine(id).await?)
     }
 
-    pub async fn machine_events(&self, id: Option<&str>, limit: i64) -> Result<Vec<MachineEvent>, RegionError> {
+    pub async fn machine_events(
+        &self,
+        id: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<MachineEvent>, RegionError> {
         let sid = match id {
             Some(id) => Some(self.machine(id).await?.system_id.to_string()),
             None => None,
         };
-        Ok(self.store().machine_events(sid.as_deref(), limit.clamp(1, 10_000)).await?)
+        Ok(self
+            .store()
+            .machine_events(sid.as_deref(), limit.clamp(1, 10_000))
+            .await?)
     }
 
-    pub async fn audit_events(&self, actor: &Actor, limit: i64) -> Result<Vec<AuditEvent>, RegionError> {
+    pub async fn audit_events(
+        &self,
+        actor: &Actor,
+        limit: i64,
+    ) -> Result<Vec<AuditEvent>, RegionError> {
         Self::require_admin(actor, "reading the audit log")?;
         Ok(self.store().audit_events(limit.clamp(1, 10_000)).await?)
     }
@@ -266,11 +363,14 @@ impl Region {
     fn parse_macs(raw: &[String]) -> Result<Vec<MacAddress>, RegionError> {
         let mut macs: Vec<MacAddress> = Vec::new();
         for (i, s) in raw.iter().enumerate() {
-            let mac: MacAddress = s
-                .parse()
-                .map_err(|e: kumo_model::ModelError| RegionError::invalid(format!("macs[{i}]"), e.to_string()))?;
+            let mac: MacAddress = s.parse().map_err(|e: kumo_model::ModelError| {
+                RegionError::invalid(format!("macs[{i}]"), e.to_string())
+            })?;
             if macs.contains(&mac) {
-                return Err(RegionError::invalid(format!("macs[{i}]"), format!("{mac} is listed twice")));
+                return Err(RegionError::invalid(
+                    format!("macs[{i}]"),
+                    format!("{mac} is listed twice"),
+                ));
             }
             macs.push(mac);
         }
@@ -281,22 +381,37 @@ impl Region {
         if ARCHITECTURES.contains(&arch) {
             Ok(())
         } else {
-            Err(RegionError::invalid("arch", format!("{arch:?} is not one of {}", ARCHITECTURES.join(", "))))
+            Err(RegionError::invalid(
+                "arch",
+                format!("{arch:?} is not one of {}", ARCHITECTURES.join(", ")),
+            ))
         }
     }
 
-    async fn check_group(&self, kind: GroupKind, field: &'static str, name: &str) -> Result<Name, RegionError> {
+    async fn check_group(
+        &self,
+        kind: GroupKind,
+        field: &'static str,
+        name: &str,
+    ) -> Result<Name, RegionError> {
         let n = Name::parse(field, name)?;
         match self.store().get_group(kind, n.as_str()).await {
             Ok(_) => Ok(n),
-            Err(StoreError::NotFound { .. }) => Err(RegionError::invalid(field, format!("no {field} named {name:?}"))),
+            Err(StoreError::NotFound { .. }) => Err(RegionError::invalid(
+                field,
+                format!("no {field} named {name:?}"),
+            )),
             Err(e) => Err(e.into()),
         }
     }
 
     /// Splits power parameters into the public ones (kept in the machine
     /// record) and secret ones (sealed), after validating them together.
-    fn split_power_parameters(&self, power_type: &str, params: &Map<String, Value>) -> Result<(Map<String, Value>, Map<String, Value>), RegionError> {
+    fn split_power_parameters(
+        &self,
+        power_type: &str,
+        params: &Map<String, Value>,
+    ) -> Result<(Map<String, Value>, Map<String, Value>), RegionError> {
         kumo_power::validate_parameters(power_type, params)?;
         let specs = kumo_power::parameter_specs(power_type).unwrap_or(&[]);
         let (mut public, mut secret) = (Map::new(), Map::new());
@@ -310,19 +425,38 @@ impl Region {
         Ok((public, secret))
     }
 
-    pub async fn add_machine(&self, actor: &Actor, req: AddMachine) -> Result<Machine, RegionError> {
+    pub async fn add_machine(
+        &self,
+        actor: &Actor,
+        req: AddMachine,
+    ) -> Result<Machine, RegionError> {
         Self::require_admin(actor, "adding a machine")?;
         let hostname: Hostname = req.hostname.parse()?;
         let macs = Self::parse_macs(&req.macs)?;
         if macs.is_empty() {
-            return Err(RegionError::invalid("macs", "a machine needs at least one MAC address to boot from"));
+            return Err(RegionError::invalid(
+                "macs",
+                "a machine needs at least one MAC address to boot from",
+            ));
         }
         let arch = req.arch.unwrap_or_else(|| "amd64".into());
         Self::check_arch(&arch)?;
         let power_type = req.power_type.unwrap_or_else(|| "manual".into());
         let (public, secret) = self.split_power_parameters(&power_type, &req.power_parameters)?;
-        let zone = self.check_group(GroupKind::Zone, "zone", req.zone.as_deref().unwrap_or("default")).await?;
-        let pool = self.check_group(GroupKind::Pool, "pool", req.pool.as_deref().unwrap_or("default")).await?;
+        let zone = self
+            .check_group(
+                GroupKind::Zone,
+                "zone",
+                req.zone.as_deref().unwrap_or("default"),
+            )
+            .await?;
+        let pool = self
+            .check_group(
+                GroupKind::Pool,
+                "pool",
+                req.pool.as_deref().unwrap_or("default"),
+            )
+            .await?;
         let mut tags = Vec::new();
         for t in &req.tags {
             tags.push(Name::parse("tags", t)?.to_string());
@@ -357,8 +491,15 @@ impl Region {
             updated_at: now,
         };
         let sealed = self.inner.secrets.seal(&secret, self.entropy());
-        let audit = Self::audit(actor, "create", format!("machine/{}", m.system_id), m.hostname.to_string());
-        self.store().insert_machine(&m, &sealed, Some(audit)).await?;
+        let audit = Self::audit(
+            actor,
+            "create",
+            format!("machine/{}", m.system_id),
+            m.hostname.to_string(),
+        );
+        self.store()
+            .insert_machine(&m, &sealed, Some(audit))
+            .await?;
         self.refresh_auto_tags(m.system_id.as_str()).await?;
         Ok(self.store().get_machine(m.system_id.as_str()).await?)
     }
@@ -367,7 +508,11 @@ impl Region {
     /// region process wrote it in between.
     async fn write_machine<F>(&self, id: &str, mut change: F) -> Result<Machine, RegionError>
     where
-        F: FnMut(&mut Machine, &mut MachineWrite<'_>, &mut Option<Map<String, Value>>) -> Result<(), RegionError>,
+        F: FnMut(
+            &mut Machine,
+            &mut MachineWrite<'_>,
+            &mut Option<Map<String, Value>>,
+        ) -> Result<(), RegionError>,
     {
         let sid = self.machine(id).await?.system_id.to_string();
         let lock = self.lock_for(&sid);
@@ -397,7 +542,12 @@ impl Region {
         Err(RegionError::Busy(sid))
     }
 
-    pub async fn update_machine(&self, actor: &Actor, id: &str, req: UpdateMachine) -> Result<Machine, RegionError> {
+    pub async fn update_machine(
+        &self,
+        actor: &Actor,
+        id: &str,
+        req: UpdateMachine,
+    ) -> Result<Machine, RegionError> {
         Self::require_admin(actor, "updating a machine")?;
         let hostname: Option<Hostname> = req.hostname.as_deref().map(str::parse).transpose()?;
         let macs = req.macs.as_deref().map(Self::parse_macs).transpose()?;
@@ -412,7 +562,10 @@ impl Region {
             Some(p) => Some(self.check_group(GroupKind::Pool, "pool", p).await?),
             None => None,
         };
-        let sealed_now = self.store().sealed_secrets(self.machine(id).await?.system_id.as_str()).await?;
+        let sealed_now = self
+            .store()
+            .sealed_secrets(self.machine(id).await?.system_id.as_str())
+            .await?;
         let mut old_secrets = self.inner.secrets.open(&sealed_now)?;
         let token = old_secrets.remove(MACHINE_TOKEN_KEY);
         let actor_ = actor.clone();
@@ -423,7 +576,10 @@ impl Region {
                 }
                 if let Some(macs) = &macs {
                     if macs.is_empty() {
-                        return Err(RegionError::invalid("macs", "a machine needs at least one MAC address to boot from"));
+                        return Err(RegionError::invalid(
+                            "macs",
+                            "a machine needs at least one MAC address to boot from",
+                        ));
                     }
                     m.macs = macs.clone();
                     w.replace_macs = true;
@@ -444,7 +600,10 @@ impl Region {
                     m.memory_mib = mem;
                 }
                 if req.power_type.is_some() || req.power_parameters.is_some() {
-                    let new_type = req.power_type.clone().unwrap_or_else(|| m.power_type.clone());
+                    let new_type = req
+                        .power_type
+                        .clone()
+                        .unwrap_or_else(|| m.power_type.clone());
                     // A new power type starts from a clean slate; the same
                     // type merges, so secrets need not be sent again.
                     let mut merged = if new_type == m.power_type {
@@ -471,7 +630,12 @@ impl Region {
                     }
                     *secrets = Some(secret);
                 }
-                w.audit = Some(Self::audit(&actor_, "update", format!("machine/{}", m.system_id), m.hostname.to_string()));
+                w.audit = Some(Self::audit(
+                    &actor_,
+                    "update",
+                    format!("machine/{}", m.system_id),
+                    m.hostname.to_string(),
+                ));
                 Ok(())
             })
             .await?;
@@ -482,16 +646,31 @@ impl Region {
     pub async fn delete_machine(&self, actor: &Actor, id: &str) -> Result<(), RegionError> {
         Self::require_admin(actor, "deleting a machine")?;
         let m = self.machine(id).await?;
-        if matches!(m.status, MachineStatus::Deployed | MachineStatus::Deploying | MachineStatus::Allocated) {
-            return Err(RegionError::Model(kumo_model::ModelError::IllegalTransition {
-                system_id: m.system_id.to_string(),
-                action: "delete".into(),
-                status: m.status,
-                allowed: lifecycle::allowed_actions(&m.lifecycle()).into_iter().map(str::to_owned).collect(),
-            }));
+        if matches!(
+            m.status,
+            MachineStatus::Deployed | MachineStatus::Deploying | MachineStatus::Allocated
+        ) {
+            return Err(RegionError::Model(
+                kumo_model::ModelError::IllegalTransition {
+                    system_id: m.system_id.to_string(),
+                    action: "delete".into(),
+                    status: m.status,
+                    allowed: lifecycle::allowed_actions(&m.lifecycle())
+                        .into_iter()
+                        .map(str::to_owned)
+                        .collect(),
+                },
+            ));
         }
-        let audit = Self::audit(actor, "delete", format!("machine/{}", m.system_id), m.hostname.to_string());
-        self.store().delete_machine(m.system_id.as_str(), self.now(), Some(audit)).await?;
+        let audit = Self::audit(
+            actor,
+            "delete",
+            format!("machine/{}", m.system_id),
+            m.hostname.to_string(),
+        );
+        self.store()
+            .delete_machine(m.system_id.as_str(), self.now(), Some(audit))
+            .await?;
         Ok(())
     }
 
@@ -507,7 +686,13 @@ impl Region {
 
     /// Applies a lifecycle action: the pure transition, then its effects as
     /// persisted work, in one store transaction.
-    async fn transition<P>(&self, actor: &Actor, id: &str, action: Action, precondition: P) -> Result<Outcome, RegionError>
+    async fn transition<P>(
+        &self,
+        actor: &Actor,
+        id: &str,
+        action: Action,
+        precondition: P,
+    ) -> Result<Outcome, RegionError>
     where
         P: Fn(&Machine) -> Result<bool, RegionError>,
     {
@@ -539,13 +724,27 @@ impl Region {
             let mut new_token_hash = None;
             for e in &t.effects {
                 match e {
-                    Effect::PowerOn => jobs.push(NewPowerJob { op: "on".into(), complete_status: None }),
-                    Effect::PowerOff => jobs.push(NewPowerJob { op: "off".into(), complete_status: None }),
-                    Effect::PowerCycle => jobs.push(NewPowerJob { op: "cycle".into(), complete_status: None }),
-                    Effect::StartWatchdog => next.deadline = self.timeout_ms(next.status).map(|t| now + t),
+                    Effect::PowerOn => jobs.push(NewPowerJob {
+                        op: "on".into(),
+                        complete_status: None,
+                    }),
+                    Effect::PowerOff => jobs.push(NewPowerJob {
+                        op: "off".into(),
+                        complete_status: None,
+                    }),
+                    Effect::PowerCycle => jobs.push(NewPowerJob {
+                        op: "cycle".into(),
+                        complete_status: None,
+                    }),
+                    Effect::StartWatchdog => {
+                        next.deadline = self.timeout_ms(next.status).map(|t| now + t)
+                    }
                     Effect::StopWatchdog => next.deadline = None,
                     Effect::IssueMachineToken | Effect::RevokeMachineToken => {
-                        let mut s = self.inner.secrets.open(&self.store().sealed_secrets(&sid).await?)?;
+                        let mut s = self
+                            .inner
+                            .secrets
+                            .open(&self.store().sealed_secrets(&sid).await?)?;
                         revoke = true;
                         s.remove(MACHINE_TOKEN_KEY);
                         if *e == Effect::IssueMachineToken {
@@ -564,7 +763,10 @@ impl Region {
             }
             let sealed = secrets.map(|s| self.inner.secrets.seal(&s, self.entropy()));
             let mut message = format!("{} → {}", t.from, next.status);
-            if action.name() != "report-success" && action.name() != "report-failure" && action.name() != "watchdog-expire" {
+            if action.name() != "report-success"
+                && action.name() != "report-failure"
+                && action.name() != "watchdog-expire"
+            {
                 message = format!("{} by {}: {message}", action.name(), actor.username);
             }
             if !reason.is_empty() {
@@ -576,10 +778,18 @@ impl Region {
                 now,
                 sealed_secrets: sealed.as_deref(),
                 replace_macs: false,
-                events: vec![NewEvent { kind: "status", message }],
+                events: vec![NewEvent {
+                    kind: "status",
+                    message,
+                }],
                 jobs,
                 audit: (actor.username != "system").then(|| {
-                    Self::audit(actor, action.name(), format!("machine/{sid}"), format!("{} → {}", t.from, next.status))
+                    Self::audit(
+                        actor,
+                        action.name(),
+                        format!("machine/{sid}"),
+                        format!("{} → {}", t.from, next.status),
+                    )
                 }),
                 revoke_tokens: revoke,
                 new_token_hash: new_token_hash.clone(),
@@ -601,16 +811,24 @@ impl Region {
 
     fn may_use(actor: &Actor, m: &Machine, what: &str) -> Result<(), RegionError> {
         match &m.owner {
-            Some(owner) if owner != &actor.username && !actor.admin => Err(RegionError::Forbidden(format!(
-                "machine {} is owned by {owner}; {what} needs its owner or an admin",
-                m.system_id
-            ))),
+            Some(owner) if owner != &actor.username && !actor.admin => {
+                Err(RegionError::Forbidden(format!(
+                    "machine {} is owned by {owner}; {what} needs its owner or an admin",
+                    m.system_id
+                )))
+            }
             _ => Ok(()),
         }
     }
 
     /// Runs a named action on a machine, as the API and CLI name them.
-    pub async fn machine_action(&self, actor: &Actor, id: &str, name: &str, opts: ActionOptions) -> Result<Machine, RegionError> {
+    pub async fn machine_action(
+        &self,
+        actor: &Actor,
+        id: &str,
+        name: &str,
+        opts: ActionOptions,
+    ) -> Result<Machine, RegionError> {
         let reason = opts.reason.clone().unwrap_or_default();
         let action = match name {
             "commission" => Action::Commission,
@@ -634,7 +852,10 @@ impl Region {
                 ))
             }
         };
-        let user_action = matches!(action, Action::Allocate { .. } | Action::Deploy { .. } | Action::Release { .. });
+        let user_action = matches!(
+            action,
+            Action::Allocate { .. } | Action::Deploy { .. } | Action::Release { .. }
+        );
         if !user_action {
             Self::require_admin(actor, name)?;
         }
@@ -652,12 +873,26 @@ impl Region {
     }
 
     /// Allocates the smallest Ready machine matching the constraints.
-    pub async fn allocate(&self, actor: &Actor, req: AllocateRequest) -> Result<Machine, RegionError> {
+    pub async fn allocate(
+        &self,
+        actor: &Actor,
+        req: AllocateRequest,
+    ) -> Result<Machine, RegionError> {
         let constraints = Constraints::parse(&req.constraints)?;
         for _ in 0..5 {
             let all = self.store().list_machines(&MachineQuery::default()).await?;
             let pick = constraints.select(&all)?.system_id.to_string();
-            match self.transition(actor, &pick, Action::Allocate { owner: actor.username.clone() }, |m| Ok(m.status == MachineStatus::Ready)).await? {
+            match self
+                .transition(
+                    actor,
+                    &pick,
+                    Action::Allocate {
+                        owner: actor.username.clone(),
+                    },
+                    |m| Ok(m.status == MachineStatus::Ready),
+                )
+                .await?
+            {
                 Outcome::Applied(m) => return Ok(m),
                 // Someone else took it between the read and the write: choose again.
                 Outcome::Skipped(_) => continue,
@@ -671,7 +906,10 @@ impl Region {
     /// The machine's full power parameters: public ones and unsealed secrets.
     pub async fn power_parameters(&self, m: &Machine) -> Result<Map<String, Value>, RegionError> {
         let mut params = m.power_parameters.clone();
-        let mut secrets = self.inner.secrets.open(&self.store().sealed_secrets(m.system_id.as_str()).await?)?;
+        let mut secrets = self
+            .inner
+            .secrets
+            .open(&self.store().sealed_secrets(m.system_id.as_str()).await?)?;
         secrets.remove(MACHINE_TOKEN_KEY);
         params.extend(secrets);
         Ok(params)
@@ -680,19 +918,40 @@ impl Region {
     /// The machine-API token handed to a booting machine, if it has one.
     pub async fn machine_token(&self, id: &str) -> Result<Option<String>, RegionError> {
         let m = self.machine(id).await?;
-        let s = self.inner.secrets.open(&self.store().sealed_secrets(m.system_id.as_str()).await?)?;
-        Ok(s.get(MACHINE_TOKEN_KEY).and_then(Value::as_str).map(str::to_owned))
+        let s = self
+            .inner
+            .secrets
+            .open(&self.store().sealed_secrets(m.system_id.as_str()).await?)?;
+        Ok(s.get(MACHINE_TOKEN_KEY)
+            .and_then(Value::as_str)
+            .map(str::to_owned))
     }
 
-    async fn power_request(&self, actor: &Actor, id: &str, op: &str) -> Result<Machine, RegionError> {
+    async fn power_request(
+        &self,
+        actor: &Actor,
+        id: &str,
+        op: &str,
+    ) -> Result<Machine, RegionError> {
         let actor_ = actor.clone();
         let op_ = op.to_owned();
         let m = self
             .write_machine(id, |m, w, _| {
                 Self::may_use(&actor_, m, &format!("power {op_}"))?;
-                w.jobs.push(NewPowerJob { op: op_.clone(), complete_status: None });
-                w.events.push(NewEvent { kind: "power", message: format!("power {op_} requested by {}", actor_.username) });
-                w.audit = Some(Self::audit(&actor_, &format!("power-{op_}"), format!("machine/{}", m.system_id), ""));
+                w.jobs.push(NewPowerJob {
+                    op: op_.clone(),
+                    complete_status: None,
+                });
+                w.events.push(NewEvent {
+                    kind: "power",
+                    message: format!("power {op_} requested by {}", actor_.username),
+                });
+                w.audit = Some(Self::audit(
+                    &actor_,
+                    &format!("power-{op_}"),
+                    format!("machine/{}", m.system_id),
+                    "",
+                ));
                 Ok(())
             })
             .await?;
@@ -701,15 +960,26 @@ impl Region {
     }
 
     /// Asks the machine's BMC for its power state now, and records it.
-    pub async fn power_query(&self, actor: &Actor, id: &str) -> Result<(Machine, PowerState), RegionError> {
+    pub async fn power_query(
+        &self,
+        actor: &Actor,
+        id: &str,
+    ) -> Result<(Machine, PowerState), RegionError> {
         let m = self.machine(id).await?;
         Self::may_use(actor, &m, "power query")?;
         let state = self.run_power_op(&m, "query").await?;
-        let m = self.record_power_state(m.system_id.as_str(), state, None).await?;
+        let m = self
+            .record_power_state(m.system_id.as_str(), state, None)
+            .await?;
         Ok((m, state))
     }
 
-    async fn record_power_state(&self, sid: &str, state: PowerState, event: Option<NewEvent>) -> Result<Machine, RegionError> {
+    async fn record_power_state(
+        &self,
+        sid: &str,
+        state: PowerState,
+        event: Option<NewEvent>,
+    ) -> Result<Machine, RegionError> {
         self.write_machine(sid, |m, w, _| {
             m.power_state = state;
             if let Some(e) = &event {
@@ -737,7 +1007,17 @@ impl Region {
             TagDefinition::compile(&tag.definition)?;
         }
         self.store().create_tag(&tag).await?;
-        self.store().add_audit(self.now(), &Self::audit(actor, "create", format!("tag/{}", tag.name), tag.definition.clone())).await?;
+        self.store()
+            .add_audit(
+                self.now(),
+                &Self::audit(
+                    actor,
+                    "create",
+                    format!("tag/{}", tag.name),
+                    tag.definition.clone(),
+                ),
+            )
+            .await?;
         self.evaluate_tag(&tag).await?;
         Ok(tag)
     }
@@ -748,7 +1028,17 @@ impl Region {
             TagDefinition::compile(&tag.definition)?;
         }
         self.store().update_tag(&tag).await?;
-        self.store().add_audit(self.now(), &Self::audit(actor, "update", format!("tag/{}", tag.name), tag.definition.clone())).await?;
+        self.store()
+            .add_audit(
+                self.now(),
+                &Self::audit(
+                    actor,
+                    "update",
+                    format!("tag/{}", tag.name),
+                    tag.definition.clone(),
+                ),
+            )
+            .await?;
         self.evaluate_tag(&tag).await?;
         Ok(tag)
     }
@@ -756,15 +1046,31 @@ impl Region {
     pub async fn delete_tag(&self, actor: &Actor, name: &str) -> Result<(), RegionError> {
         Self::require_admin(actor, "deleting a tag")?;
         self.store().delete_tag(name).await?;
-        self.store().add_audit(self.now(), &Self::audit(actor, "delete", format!("tag/{name}"), "")).await?;
+        self.store()
+            .add_audit(
+                self.now(),
+                &Self::audit(actor, "delete", format!("tag/{name}"), ""),
+            )
+            .await?;
         Ok(())
     }
 
-    pub async fn tag_machines(&self, actor: &Actor, name: &str, req: UpdateTagMachines) -> Result<(), RegionError> {
+    pub async fn tag_machines(
+        &self,
+        actor: &Actor,
+        name: &str,
+        req: UpdateTagMachines,
+    ) -> Result<(), RegionError> {
         Self::require_admin(actor, "tagging machines")?;
         let tag = self.store().get_tag(name).await?;
         if !tag.definition.is_empty() {
-            return Err(RegionError::invalid("tag", format!("{name} is automatic (defined by {:?}); machines cannot be added by hand", tag.definition)));
+            return Err(RegionError::invalid(
+                "tag",
+                format!(
+                    "{name} is automatic (defined by {:?}); machines cannot be added by hand",
+                    tag.definition
+                ),
+            ));
         }
         let mut add = Vec::new();
         for id in &req.add {
@@ -776,7 +1082,15 @@ impl Region {
         }
         self.store().tag_machines(name, &add, &remove).await?;
         self.store()
-            .add_audit(self.now(), &Self::audit(actor, "tag", format!("tag/{name}"), format!("add {add:?} remove {remove:?}")))
+            .add_audit(
+                self.now(),
+                &Self::audit(
+                    actor,
+                    "tag",
+                    format!("tag/{name}"),
+                    format!("add {add:?} remove {remove:?}"),
+                ),
+            )
             .await?;
         Ok(())
     }
@@ -793,7 +1107,9 @@ impl Region {
             .filter(|m| def.matches(m).unwrap_or(false))
             .map(|m| m.system_id.to_string())
             .collect();
-        self.store().set_auto_tag_members(&tag.name, &members).await?;
+        self.store()
+            .set_auto_tag_members(&tag.name, &members)
+            .await?;
         Ok(())
     }
 
@@ -811,7 +1127,9 @@ impl Region {
                 }
             }
         }
-        self.store().set_machine_auto_tags(system_id, &matched).await?;
+        self.store()
+            .set_machine_auto_tags(system_id, &matched)
+            .await?;
         Ok(())
     }
 
@@ -819,23 +1137,59 @@ impl Region {
         Ok(self.store().list_groups(kind).await?)
     }
 
-    pub async fn create_group(&self, actor: &Actor, kind: GroupKind, g: Group) -> Result<Group, RegionError> {
-        let field = if kind == GroupKind::Zone { "zone" } else { "pool" };
+    pub async fn create_group(
+        &self,
+        actor: &Actor,
+        kind: GroupKind,
+        g: Group,
+    ) -> Result<Group, RegionError> {
+        let field = if kind == GroupKind::Zone {
+            "zone"
+        } else {
+            "pool"
+        };
         Self::require_admin(actor, &format!("creating a {field}"))?;
         Name::parse("name", &g.name)?;
         self.store().create_group(kind, &g).await?;
-        self.store().add_audit(self.now(), &Self::audit(actor, "create", format!("{field}/{}", g.name), g.description.clone())).await?;
+        self.store()
+            .add_audit(
+                self.now(),
+                &Self::audit(
+                    actor,
+                    "create",
+                    format!("{field}/{}", g.name),
+                    g.description.clone(),
+                ),
+            )
+            .await?;
         Ok(g)
     }
 
-    pub async fn delete_group(&self, actor: &Actor, kind: GroupKind, name: &str) -> Result<(), RegionError> {
-        let field = if kind == GroupKind::Zone { "zone" } else { "pool" };
+    pub async fn delete_group(
+        &self,
+        actor: &Actor,
+        kind: GroupKind,
+        name: &str,
+    ) -> Result<(), RegionError> {
+        let field = if kind == GroupKind::Zone {
+            "zone"
+        } else {
+            "pool"
+        };
         Self::require_admin(actor, &format!("deleting a {field}"))?;
         if name == "default" {
-            return Err(RegionError::invalid("name", format!("the default {field} cannot be deleted")));
+            return Err(RegionError::invalid(
+                "name",
+                format!("the default {field} cannot be deleted"),
+            ));
         }
         self.store().delete_group(kind, name).await?;
-        self.store().add_audit(self.now(), &Self::audit(actor, "delete", format!("{field}/{name}"), "")).await?;
+        self.store()
+            .add_audit(
+                self.now(),
+                &Self::audit(actor, "delete", format!("{field}/{name}"), ""),
+            )
+            .await?;
         Ok(())
     }
 
@@ -871,7 +1225,11 @@ impl Region {
 
     /// A machine reports progress (which also feeds the watchdog) or the
     /// end of its current task.
-    pub async fn machine_report(&self, token: &str, report: StatusReport) -> Result<Machine, RegionError> {
+    pub async fn machine_report(
+        &self,
+        token: &str,
+        report: StatusReport,
+    ) -> Result<Machine, RegionError> {
         let m = self.machine_for_token(token).await?;
         let sid = m.system_id.to_string();
         let system = Actor::system();
@@ -883,22 +1241,44 @@ impl Region {
                         m.deadline = self.timeout_ms(m.status).map(|t| w.now + t);
                     }
                     m.status_message = msg.clone();
-                    w.events.push(NewEvent { kind: "progress", message: msg.clone() });
+                    w.events.push(NewEvent {
+                        kind: "progress",
+                        message: msg.clone(),
+                    });
                     Ok(())
                 })
                 .await
             }
             (ReportEvent::Finished, Some(ReportResult::Failure)) => {
-                let reason = if report.message.is_empty() { "the machine reported failure".into() } else { report.message };
-                match self.transition(&system, &sid, Action::Failed { reason }, |_| Ok(true)).await? {
+                let reason = if report.message.is_empty() {
+                    "the machine reported failure".into()
+                } else {
+                    report.message
+                };
+                match self
+                    .transition(&system, &sid, Action::Failed { reason }, |_| Ok(true))
+                    .await?
+                {
                     Outcome::Applied(m) | Outcome::Skipped(m) => Ok(m),
                 }
             }
             (ReportEvent::Finished, _) => {
                 if !report.message.is_empty() {
-                    self.store().add_machine_event(&sid, self.now(), &NewEvent { kind: "progress", message: report.message }).await?;
+                    self.store()
+                        .add_machine_event(
+                            &sid,
+                            self.now(),
+                            &NewEvent {
+                                kind: "progress",
+                                message: report.message,
+                            },
+                        )
+                        .await?;
                 }
-                match self.transition(&system, &sid, Action::Succeeded, |_| Ok(true)).await? {
+                match self
+                    .transition(&system, &sid, Action::Succeeded, |_| Ok(true))
+                    .await?
+                {
                     Outcome::Applied(m) | Outcome::Skipped(m) => Ok(m),
                 }
             }
@@ -906,10 +1286,17 @@ impl Region {
     }
 
     /// A commissioning machine uploads its hardware inventory.
-    pub async fn machine_inventory(&self, token: &str, inv: Inventory) -> Result<Machine, RegionError> {
+    pub async fn machine_inventory(
+        &self,
+        token: &str,
+        inv: Inventory,
+    ) -> Result<Machine, RegionError> {
         let m = self.machine_for_token(token).await?;
         if m.status != MachineStatus::Commissioning {
-            return Err(RegionError::invalid("status", format!("machine {} is {}, not commissioning", m.system_id, m.status)));
+            return Err(RegionError::invalid(
+                "status",
+                format!("machine {} is {}, not commissioning", m.system_id, m.status),
+            ));
         }
         let sid = m.system_id.to_string();
         let summary = format!(
@@ -923,7 +1310,10 @@ impl Region {
             .write_machine(&sid, |m, w, _| {
                 m.apply_inventory(inv.clone());
                 w.replace_macs = true;
-                w.events.push(NewEvent { kind: "progress", message: summary.clone() });
+                w.events.push(NewEvent {
+                    kind: "progress",
+                    message: summary.clone(),
+                });
                 Ok(())
             })
             .await?;

@@ -40,17 +40,41 @@ impl Metrics {
         let transitions = Counter::default();
         let watchdog_expiries = Counter::default();
         let machines = Family::<StatusLabels, Gauge>::default();
-        registry.register("power_operations", "Power operations by op and result", power_operations.clone());
-        registry.register("api_requests", "API requests by method and status", api_requests.clone());
-        registry.register("machine_transitions", "Machine lifecycle transitions", transitions.clone());
-        registry.register("watchdog_expiries", "Machines failed by the watchdog", watchdog_expiries.clone());
+        registry.register(
+            "power_operations",
+            "Power operations by op and result",
+            power_operations.clone(),
+        );
+        registry.register(
+            "api_requests",
+            "API requests by method and status",
+            api_requests.clone(),
+        );
+        registry.register(
+            "machine_transitions",
+            "Machine lifecycle transitions",
+            transitions.clone(),
+        );
+        registry.register(
+            "watchdog_expiries",
+            "Machines failed by the watchdog",
+            watchdog_expiries.clone(),
+        );
         registry.register("machines", "Machines by status", machines.clone());
-        Metrics { registry, power_operations, api_requests, transitions, watchdog_expiries, machines }
+        Metrics {
+            registry,
+            power_operations,
+            api_requests,
+            transitions,
+            watchdog_expiries,
+            machines,
+        }
     }
 
     pub fn render(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("encoding to a string cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("encoding to a string cannot fail");
         out
     }
 }

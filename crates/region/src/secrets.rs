@@ -26,12 +26,13 @@ impl SecretBox {
 
     /// Loads the key file, creating it with fresh random bytes if absent.
     pub fn load_or_create(path: &Path, entropy: &dyn Entropy) -> Result<Self, RegionError> {
-        let io = |e: std::io::Error| RegionError::Secrets(format!("key file {}: {e}", path.display()));
+        let io =
+            |e: std::io::Error| RegionError::Secrets(format!("key file {}: {e}", path.display()));
         if path.exists() {
             let raw = std::fs::read(path).map_err(io)?;
-            let key: [u8; 32] = raw
-                .try_into()
-                .map_err(|_| RegionError::Secrets(format!("key file {}: expected 32 bytes", path.display())))?;
+            let key: [u8; 32] = raw.try_into().map_err(|_| {
+                RegionError::Secrets(format!("key file {}: expected 32 bytes", path.display()))
+            })?;
             return Ok(Self::from_key(key));
         }
         let mut key = [0u8; 32];
@@ -67,7 +68,9 @@ impl SecretBox {
         if sealed.is_empty() {
             return Ok(Map::new());
         }
-        let bad = || RegionError::Secrets("sealed secrets are corrupt or sealed under another key".into());
+        let bad = || {
+            RegionError::Secrets("sealed secrets are corrupt or sealed under another key".into())
+        };
         let mut parts = sealed.splitn(3, ':');
         let (Some("v1"), Some(n), Some(c)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(bad());
@@ -77,7 +80,10 @@ impl SecretBox {
         if nonce.len() != 24 {
             return Err(bad());
         }
-        let plain = self.cipher.decrypt(XNonce::from_slice(&nonce), ct.as_slice()).map_err(|_| bad())?;
+        let plain = self
+            .cipher
+            .decrypt(XNonce::from_slice(&nonce), ct.as_slice())
+            .map_err(|_| bad())?;
         serde_json::from_slice(&plain).map_err(|_| bad())
     }
 }

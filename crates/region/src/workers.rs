@@ -21,41 +21,87 @@ fn to_model(s: kumo_power::PowerState) -> PowerState {
     }
 }
 
+/// One query, no retries: a best-effort follow-up to an asynchronous action.
+async fn query_state(driver: &dyn kumo_power::PowerDriver) -> PowerState {
+    driver
+        .power_query()
+        .await
+        .map(to_model)
+        .unwrap_or(PowerState::Unknown)
+}
+
 impl Region {
     /// Runs one power operation against the machine's driver, with retries.
-    pub(crate) async fn run_power_op(&self, m: &Machine, op: &str) -> Result<PowerState, RegionError> {
+    pub(crate) async fn run_power_op(
+        &self,
+        m: &Machine,
+        op: &str,
+    ) -> Result<PowerState, RegionError> {
         let params = self.power_parameters(m).await?;
         let driver = kumo_power::driver_for(&m.power_type, &params)?;
         let policy = &self.inner.config.power_retry;
         let result = async {
             match op {
                 "on" | "off" => {
-                    let action = if op == "on" { PowerAction::On } else { PowerAction::Off };
-                    let state = kumo_power::run_with_retries(driver.as_ref(), action, policy).await?;
+                    let action = if op == "on" {
+                        PowerAction::On
+                    } else {
+                        PowerAction::Off
+                    };
+                    let state =
+                        kumo_power::run_with_retries(driver.as_ref(), action, policy).await?;
                     Ok::<_, PowerError>(match state {
                         Some(s) => to_model(s),
-                        None if driver.confirms_state() => if op == "on" { PowerState::On } else { PowerState::Off },
-                        None => PowerState::Unknown,
+                        None if driver.confirms_state() => {
+                            if op == "on" {
+                                PowerState::On
+                            } else {
+                                PowerState::Off
+                            }
+                        }
+                        // Asynchronous peers: ask rather than assume.
+                        None => query_state(driver.as_ref()).await,
                     })
                 }
                 "cycle" => {
                     // A machine that is on must go through off to boot afresh.
-                    let now = kumo_power::run_with_retries(driver.as_ref(), PowerAction::Query, policy).await;
+                    let now =
+                        kumo_power::run_with_retries(driver.as_ref(), PowerAction::Query, policy)
+                            .await;
                     if matches!(now, Ok(Some(kumo_power::PowerState::On))) {
-                        kumo_power::run_with_retries(driver.as_ref(), PowerAction::Off, policy).await?;
+                        kumo_power::run_with_retries(driver.as_ref(), PowerAction::Off, policy)
+                            .await?;
                     }
-                    let s = kumo_power::run_with_retries(driver.as_ref(), PowerAction::On, policy).await?;
-                    Ok(s.map(to_model).unwrap_or(if driver.confirms_state() { PowerState::On } else { PowerState::Unknown }))
+                    let s = kumo_power::run_with_retries(driver.as_ref(), PowerAction::On, policy)
+                        .await?;
+                    Ok(match s {
+                        Some(s) => to_model(s),
+                        None if driver.confirms_state() => PowerState::On,
+                        None => query_state(driver.as_ref()).await,
+                    })
                 }
-                _ => Ok(kumo_power::run_with_retries(driver.as_ref(), PowerAction::Query, policy)
-                    .await?
-                    .map(to_model)
-                    .unwrap_or(PowerState::Unknown)),
+                _ => Ok(
+                    kumo_power::run_with_retries(driver.as_ref(), PowerAction::Query, policy)
+                        .await?
+                        .map(to_model)
+                        .unwrap_or(PowerState::Unknown),
+                ),
             }
         }
         .await;
-        let label = PowerLabels { op: op.to_owned(), result: if result.is_ok() { "ok".into() } else { "error".into() } };
-        self.inner.metrics.power_operations.get_or_create(&label).inc();
+        let label = PowerLabels {
+            op: op.to_owned(),
+            result: if result.is_ok() {
+                "ok".into()
+            } else {
+                "error".into()
+            },
+        };
+        self.inner
+            .metrics
+            .power_operations
+            .get_or_create(&label)
+            .inc();
         Ok(result?)
     }
 
@@ -68,20 +114,34 @@ impl Region {
         let sid = m.system_id.to_string();
         match self.run_power_op(&m, &job.op).await {
             Ok(state) => {
-                let ev = NewEvent { kind: "power", message: format!("power {}: done, machine is {}", job.op, state.as_str()) };
+                let ev = NewEvent {
+                    kind: "power",
+                    message: format!("power {}: done, machine is {}", job.op, state.as_str()),
+                };
                 let m = self.record_power_state(&sid, state, Some(ev)).await?;
                 if job.complete_status == Some(m.status) {
-                    self.transition(&Actor::system(), &sid, Action::Succeeded, move |m| Ok(Some(m.status) == job.complete_status)).await?;
+                    self.transition(&Actor::system(), &sid, Action::Succeeded, move |m| {
+                        Ok(Some(m.status) == job.complete_status)
+                    })
+                    .await?;
                 }
             }
             Err(e) => {
                 let reason = format!("power {} failed: {e}", job.op);
                 tracing::warn!(machine = %sid, "{reason}");
-                let ev = NewEvent { kind: "error", message: reason.clone() };
-                let m = self.record_power_state(&sid, PowerState::Error, Some(ev)).await?;
+                let ev = NewEvent {
+                    kind: "error",
+                    message: reason.clone(),
+                };
+                let m = self
+                    .record_power_state(&sid, PowerState::Error, Some(ev))
+                    .await?;
                 // A machine that cannot be powered cannot finish its task.
                 if m.status.is_in_progress() {
-                    self.transition(&Actor::system(), &sid, Action::Failed { reason }, |m| Ok(m.status.is_in_progress())).await?;
+                    self.transition(&Actor::system(), &sid, Action::Failed { reason }, |m| {
+                        Ok(m.status.is_in_progress())
+                    })
+                    .await?;
                 }
             }
         }
@@ -90,7 +150,9 @@ impl Region {
 
     /// Starts a task per machine with queued power jobs; one machine's jobs
     /// run in order, different machines in parallel.
-    pub async fn dispatch_power_jobs(&self) -> Result<Vec<tokio::task::JoinHandle<()>>, RegionError> {
+    pub async fn dispatch_power_jobs(
+        &self,
+    ) -> Result<Vec<tokio::task::JoinHandle<()>>, RegionError> {
         let jobs = self.store().power_jobs().await?;
         let mut by_machine: std::collections::BTreeMap<String, Vec<PowerJob>> = Default::default();
         for j in jobs {
@@ -98,7 +160,13 @@ impl Region {
         }
         let mut handles = Vec::new();
         for (sid, jobs) in by_machine {
-            if !self.inner.power_in_flight.lock().expect("in-flight set").insert(sid.clone()) {
+            if !self
+                .inner
+                .power_in_flight
+                .lock()
+                .expect("in-flight set")
+                .insert(sid.clone())
+            {
                 continue;
             }
             let region = self.clone();
@@ -112,7 +180,12 @@ impl Region {
                         tracing::error!(job = job.id, "deleting power job: {e}");
                     }
                 }
-                region.inner.power_in_flight.lock().expect("in-flight set").remove(&sid);
+                region
+                    .inner
+                    .power_in_flight
+                    .lock()
+                    .expect("in-flight set")
+                    .remove(&sid);
                 // Jobs queued while this batch ran are picked up promptly.
                 region.inner.power_wakeup.notify_one();
             }));
@@ -125,7 +198,12 @@ impl Region {
     pub async fn drain_power_jobs(&self) -> Result<(), RegionError> {
         loop {
             let handles = self.dispatch_power_jobs().await?;
-            let busy = !self.inner.power_in_flight.lock().expect("in-flight set").is_empty();
+            let busy = !self
+                .inner
+                .power_in_flight
+                .lock()
+                .expect("in-flight set")
+                .is_empty();
             if handles.is_empty() && !busy && self.store().power_jobs().await?.is_empty() {
                 return Ok(());
             }
@@ -144,9 +222,12 @@ impl Region {
         let mut failed = 0;
         for m in self.store().machines_past_deadline(now).await? {
             let outcome = self
-                .transition(&Actor::system(), m.system_id.as_str(), Action::WatchdogExpired, move |m| {
-                    Ok(m.status.is_in_progress() && m.deadline.is_some_and(|d| d < now))
-                })
+                .transition(
+                    &Actor::system(),
+                    m.system_id.as_str(),
+                    Action::WatchdogExpired,
+                    move |m| Ok(m.status.is_in_progress() && m.deadline.is_some_and(|d| d < now)),
+                )
                 .await;
             match outcome {
                 Ok(Outcome::Applied(m)) => {
@@ -166,13 +247,22 @@ impl Region {
         let machines = self.store().list_machines(&Default::default()).await?;
         for s in MachineStatus::ALL {
             let n = machines.iter().filter(|m| m.status == s).count() as i64;
-            self.inner.metrics.machines.get_or_create(&crate::metrics::StatusLabels { status: s.as_str().into() }).set(n);
+            self.inner
+                .metrics
+                .machines
+                .get_or_create(&crate::metrics::StatusLabels {
+                    status: s.as_str().into(),
+                })
+                .set(n);
         }
         Ok(())
     }
 
     /// Runs the workers until `shutdown` turns true.
-    pub fn spawn_workers(&self, mut shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_workers(
+        &self,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
         let region = self.clone();
         tokio::spawn(async move {
             let interval = region.inner.config.poll_interval;

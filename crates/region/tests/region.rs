@@ -5,27 +5,45 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kumo_model::api::{ActionOptions, AddMachine, AllocateRequest, ReportEvent, ReportResult, StatusReport, Tag, UpdateMachine, UpdateTagMachines};
+use kumo_model::api::{
+    ActionOptions, AddMachine, AllocateRequest, ReportEvent, ReportResult, StatusReport, Tag,
+    UpdateMachine, UpdateTagMachines,
+};
 use kumo_model::inventory::{Cpu, Disk, Nic};
 use kumo_model::{EraseMode, Inventory, MachineStatus, ModelError, PowerState};
 use kumo_power::RetryPolicy;
-use kumo_region::{Actor, ManualClock, Region, RegionConfig, RegionError, SecretBox, SeededEntropy};
+use kumo_region::{
+    Actor, ManualClock, Region, RegionConfig, RegionError, SecretBox, SeededEntropy,
+};
 use kumo_store::Store;
 use serde_json::json;
 
 fn admin() -> Actor {
-    Actor { username: "admin".into(), admin: true }
+    Actor {
+        username: "admin".into(),
+        admin: true,
+    }
 }
 
 fn config() -> RegionConfig {
     RegionConfig {
-        power_retry: RetryPolicy { attempts: 2, initial_backoff: Duration::from_millis(10), max_backoff: Duration::from_millis(20) },
+        power_retry: RetryPolicy {
+            attempts: 2,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(20),
+        },
         ..Default::default()
     }
 }
 
 async fn region_on(store: Store, clock: Arc<ManualClock>, seed: u64) -> Region {
-    let r = Region::new(store, SecretBox::from_key([9; 32]), clock, Arc::new(SeededEntropy::new(seed)), config());
+    let r = Region::new(
+        store,
+        SecretBox::from_key([9; 32]),
+        clock,
+        Arc::new(SeededEntropy::new(seed)),
+        config(),
+    );
     r.ensure_defaults().await.unwrap();
     r
 }
@@ -50,19 +68,38 @@ impl WebhookBmc {
         use axum::routing::{get, post};
         let bmc = WebhookBmc::default();
         let app = axum::Router::new()
-            .route("/{node}/on", post(|State(b): State<WebhookBmc>, Path(n): Path<String>| async move {
-                b.calls.lock().unwrap().push(format!("{n} on"));
-                b.on.lock().unwrap().insert(n, true);
-                "ok"
-            }))
-            .route("/{node}/off", post(|State(b): State<WebhookBmc>, Path(n): Path<String>| async move {
-                b.calls.lock().unwrap().push(format!("{n} off"));
-                b.on.lock().unwrap().insert(n, false);
-                "ok"
-            }))
-            .route("/{node}/status", get(|State(b): State<WebhookBmc>, Path(n): Path<String>| async move {
-                if *b.on.lock().unwrap().get(&n).unwrap_or(&false) { "status: running" } else { "status: stopped" }
-            }))
+            .route(
+                "/{node}/on",
+                post(
+                    |State(b): State<WebhookBmc>, Path(n): Path<String>| async move {
+                        b.calls.lock().unwrap().push(format!("{n} on"));
+                        b.on.lock().unwrap().insert(n, true);
+                        "ok"
+                    },
+                ),
+            )
+            .route(
+                "/{node}/off",
+                post(
+                    |State(b): State<WebhookBmc>, Path(n): Path<String>| async move {
+                        b.calls.lock().unwrap().push(format!("{n} off"));
+                        b.on.lock().unwrap().insert(n, false);
+                        "ok"
+                    },
+                ),
+            )
+            .route(
+                "/{node}/status",
+                get(
+                    |State(b): State<WebhookBmc>, Path(n): Path<String>| async move {
+                        if *b.on.lock().unwrap().get(&n).unwrap_or(&false) {
+                            "status: running"
+                        } else {
+                            "status: stopped"
+                        }
+                    },
+                ),
+            )
             .with_state(bmc.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -95,10 +132,23 @@ fn webhook_machine(name: &str, mac: &str, base: &str) -> AddMachine {
 
 fn inventory(mac: &str) -> Inventory {
     Inventory {
-        cpu: Cpu { model: "QEMU Virtual CPU".into(), count: 8 },
+        cpu: Cpu {
+            model: "QEMU Virtual CPU".into(),
+            count: 8,
+        },
         memory_mib: 16384,
-        disks: vec![Disk { name: "vda".into(), size_bytes: 600_000_000_000, model: "QEMU HARDDISK".into(), serial: "d1".into() }],
-        nics: vec![Nic { name: "ens3".into(), mac: mac.parse().unwrap(), driver: "virtio_net".into(), link_up: true }],
+        disks: vec![Disk {
+            name: "vda".into(),
+            size_bytes: 600_000_000_000,
+            model: "QEMU HARDDISK".into(),
+            serial: "d1".into(),
+        }],
+        nics: vec![Nic {
+            name: "ens3".into(),
+            mac: mac.parse().unwrap(),
+            driver: "virtio_net".into(),
+            link_up: true,
+        }],
         ..Default::default()
     }
 }
@@ -106,7 +156,11 @@ fn inventory(mac: &str) -> Inventory {
 fn finished(ok: bool) -> StatusReport {
     StatusReport {
         event: ReportEvent::Finished,
-        result: Some(if ok { ReportResult::Success } else { ReportResult::Failure }),
+        result: Some(if ok {
+            ReportResult::Success
+        } else {
+            ReportResult::Failure
+        }),
         message: String::new(),
     }
 }
@@ -115,43 +169,113 @@ fn finished(ok: bool) -> StatusReport {
 async fn a_machine_walks_the_whole_lifecycle_with_real_power() {
     let (bmc, base) = WebhookBmc::start().await;
     let (r, _clock, _dir) = sqlite_region().await;
-    r.create_tag(&admin(), Tag { name: "big".into(), definition: "cpu_count >= 8 && storage_gb >= 500".into(), comment: String::new() }).await.unwrap();
-    let m = r.add_machine(&admin(), webhook_machine("node1", "52:54:00:00:01:01", &base)).await.unwrap();
+    r.create_tag(
+        &admin(),
+        Tag {
+            name: "big".into(),
+            definition: "cpu_count >= 8 && storage_gb >= 500".into(),
+            comment: String::new(),
+        },
+    )
+    .await
+    .unwrap();
+    let m = r
+        .add_machine(
+            &admin(),
+            webhook_machine("node1", "52:54:00:00:01:01", &base),
+        )
+        .await
+        .unwrap();
     assert_eq!(m.status, MachineStatus::New);
     assert!(m.tags.is_empty());
 
-    let m = r.machine_action(&admin(), "node1", "commission", ActionOptions::default()).await.unwrap();
+    let m = r
+        .machine_action(&admin(), "node1", "commission", ActionOptions::default())
+        .await
+        .unwrap();
     assert_eq!(m.status, MachineStatus::Commissioning);
     assert!(m.deadline.is_some());
     r.drain_power_jobs().await.unwrap();
     assert_eq!(bmc.calls(), ["node1 on"]);
-    assert_eq!(r.machine("node1").await.unwrap().power_state, PowerState::On);
+    assert_eq!(
+        r.machine("node1").await.unwrap().power_state,
+        PowerState::On
+    );
 
     // The booted machine talks to the machine-facing API with its token.
-    let token = r.machine_token("node1").await.unwrap().expect("commissioning issues a token");
+    let token = r
+        .machine_token("node1")
+        .await
+        .unwrap()
+        .expect("commissioning issues a token");
     assert_eq!(r.instructions(&token).await.unwrap().task, "commission");
-    r.machine_inventory(&token, inventory("52:54:00:00:01:02")).await.unwrap();
+    r.machine_inventory(&token, inventory("52:54:00:00:01:02"))
+        .await
+        .unwrap();
     let m = r.machine_report(&token, finished(true)).await.unwrap();
     assert_eq!(m.status, MachineStatus::Ready);
     assert_eq!((m.cpu_count, m.memory_mib), (8, 16384));
     assert_eq!(m.tags, ["big"], "the automatic tag follows the inventory");
     assert_eq!(m.macs.len(), 2);
     // Commissioning done: the token is revoked and the machine powered off.
-    assert!(matches!(r.instructions(&token).await, Err(RegionError::Unauthorized)));
+    assert!(matches!(
+        r.instructions(&token).await,
+        Err(RegionError::Unauthorized)
+    ));
     r.drain_power_jobs().await.unwrap();
     assert_eq!(bmc.calls(), ["node1 on", "node1 off"]);
 
-    let m = r.allocate(&admin(), AllocateRequest { constraints: "tags=big cores=4".into() }).await.unwrap();
-    assert_eq!((m.status, m.owner.as_deref()), (MachineStatus::Allocated, Some("admin")));
-    let m = r.machine_action(&admin(), "node1", "deploy", ActionOptions::default()).await.unwrap();
+    let m = r
+        .allocate(
+            &admin(),
+            AllocateRequest {
+                constraints: "tags=big cores=4".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (m.status, m.owner.as_deref()),
+        (MachineStatus::Allocated, Some("admin"))
+    );
+    let m = r
+        .machine_action(&admin(), "node1", "deploy", ActionOptions::default())
+        .await
+        .unwrap();
     assert_eq!(m.status, MachineStatus::Deploying);
     r.drain_power_jobs().await.unwrap();
     let token = r.machine_token("node1").await.unwrap().unwrap();
     assert_eq!(r.instructions(&token).await.unwrap().task, "deploy");
-    r.machine_report(&token, StatusReport { event: ReportEvent::Progress, result: None, message: "writing image".into() }).await.unwrap();
-    assert_eq!(r.machine_report(&token, finished(true)).await.unwrap().status, MachineStatus::Deployed);
+    r.machine_report(
+        &token,
+        StatusReport {
+            event: ReportEvent::Progress,
+            result: None,
+            message: "writing image".into(),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        r.machine_report(&token, finished(true))
+            .await
+            .unwrap()
+            .status,
+        MachineStatus::Deployed
+    );
 
-    let m = r.machine_action(&admin(), "node1", "release", ActionOptions { erase: Some(EraseMode::Quick), reason: None }).await.unwrap();
+    let m = r
+        .machine_action(
+            &admin(),
+            "node1",
+            "release",
+            ActionOptions {
+                erase: Some(EraseMode::Quick),
+                reason: None,
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(m.status, MachineStatus::DiskErasing);
     r.drain_power_jobs().await.unwrap();
     let token = r.machine_token("node1").await.unwrap().unwrap();
@@ -162,41 +286,123 @@ async fn a_machine_walks_the_whole_lifecycle_with_real_power() {
     r.drain_power_jobs().await.unwrap();
 
     // Release without erase is finished by the power worker itself.
-    r.machine_action(&admin(), "node1", "allocate", ActionOptions::default()).await.unwrap();
-    let m = r.machine_action(&admin(), "node1", "release", ActionOptions::default()).await.unwrap();
+    r.machine_action(&admin(), "node1", "allocate", ActionOptions::default())
+        .await
+        .unwrap();
+    let m = r
+        .machine_action(&admin(), "node1", "release", ActionOptions::default())
+        .await
+        .unwrap();
     assert_eq!(m.status, MachineStatus::Releasing);
     r.drain_power_jobs().await.unwrap();
-    assert_eq!(r.machine("node1").await.unwrap().status, MachineStatus::Ready);
+    assert_eq!(
+        r.machine("node1").await.unwrap().status,
+        MachineStatus::Ready
+    );
 
     let events = r.machine_events(Some("node1"), 100).await.unwrap();
     let text: Vec<&str> = events.iter().map(|e| e.message.as_str()).collect();
-    assert!(text.iter().any(|t| t.contains("commission by admin: new → commissioning")), "{text:#?}");
-    assert!(text.iter().any(|t| t.contains("writing image")), "{text:#?}");
-    assert!(text.iter().any(|t| t.contains("deploying → deployed")), "{text:#?}");
+    assert!(
+        text.iter()
+            .any(|t| t.contains("commission by admin: new → commissioning")),
+        "{text:#?}"
+    );
+    assert!(
+        text.iter().any(|t| t.contains("writing image")),
+        "{text:#?}"
+    );
+    assert!(
+        text.iter().any(|t| t.contains("deploying → deployed")),
+        "{text:#?}"
+    );
 }
 
 #[tokio::test]
 async fn illegal_actions_name_the_allowed_ones() {
     let (r, _c, _d) = sqlite_region().await;
-    r.add_machine(&admin(), AddMachine { hostname: "n1".into(), macs: vec!["52:54:00:00:00:01".into()], ..Default::default() }).await.unwrap();
-    let e = r.machine_action(&admin(), "n1", "deploy", ActionOptions::default()).await.unwrap_err();
+    r.add_machine(
+        &admin(),
+        AddMachine {
+            hostname: "n1".into(),
+            macs: vec!["52:54:00:00:00:01".into()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let e = r
+        .machine_action(&admin(), "n1", "deploy", ActionOptions::default())
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), "illegal_transition");
-    assert!(e.allowed_actions().contains(&"commission".to_string()), "{:?}", e.allowed_actions());
-    let e = r.machine_action(&admin(), "n1", "fly", ActionOptions::default()).await.unwrap_err();
-    assert_eq!((e.code(), e.field().as_deref()), ("invalid_field", Some("action")));
+    assert!(
+        e.allowed_actions().contains(&"commission".to_string()),
+        "{:?}",
+        e.allowed_actions()
+    );
+    let e = r
+        .machine_action(&admin(), "n1", "fly", ActionOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), e.field().as_deref()),
+        ("invalid_field", Some("action"))
+    );
 }
 
 #[tokio::test]
 async fn bad_input_is_rejected_naming_the_field_and_nothing_is_stored() {
     let (r, _c, _d) = sqlite_region().await;
     let cases = [
-        (AddMachine { hostname: "bad_name".into(), macs: vec!["52:54:00:00:00:01".into()], ..Default::default() }, "hostname"),
-        (AddMachine { hostname: "ok".into(), macs: vec!["52:54:00:00:00:0z".into()], ..Default::default() }, "macs[0]"),
-        (AddMachine { hostname: "ok".into(), macs: vec![], ..Default::default() }, "macs"),
-        (AddMachine { hostname: "ok".into(), macs: vec!["52:54:00:00:00:01".into()], arch: Some("vax".into()), ..Default::default() }, "arch"),
-        (AddMachine { hostname: "ok".into(), macs: vec!["52:54:00:00:00:01".into()], zone: Some("nowhere".into()), ..Default::default() }, "zone"),
         (
-            AddMachine { hostname: "ok".into(), macs: vec!["52:54:00:00:00:01".into()], power_type: Some("ipmi".into()), ..Default::default() },
+            AddMachine {
+                hostname: "bad_name".into(),
+                macs: vec!["52:54:00:00:00:01".into()],
+                ..Default::default()
+            },
+            "hostname",
+        ),
+        (
+            AddMachine {
+                hostname: "ok".into(),
+                macs: vec!["52:54:00:00:00:0z".into()],
+                ..Default::default()
+            },
+            "macs[0]",
+        ),
+        (
+            AddMachine {
+                hostname: "ok".into(),
+                macs: vec![],
+                ..Default::default()
+            },
+            "macs",
+        ),
+        (
+            AddMachine {
+                hostname: "ok".into(),
+                macs: vec!["52:54:00:00:00:01".into()],
+                arch: Some("vax".into()),
+                ..Default::default()
+            },
+            "arch",
+        ),
+        (
+            AddMachine {
+                hostname: "ok".into(),
+                macs: vec!["52:54:00:00:00:01".into()],
+                zone: Some("nowhere".into()),
+                ..Default::default()
+            },
+            "zone",
+        ),
+        (
+            AddMachine {
+                hostname: "ok".into(),
+                macs: vec!["52:54:00:00:00:01".into()],
+                power_type: Some("ipmi".into()),
+                ..Default::default()
+            },
             "power_parameters.power_address",
         ),
     ];
@@ -206,8 +412,21 @@ async fn bad_input_is_rejected_naming_the_field_and_nothing_is_stored() {
         assert!(e.code().starts_with("invalid"), "{e}");
     }
     assert_eq!(r.store().count_machines().await.unwrap(), 0);
-    let normal = Actor { username: "bob".into(), admin: false };
-    let e = r.add_machine(&normal, AddMachine { hostname: "x".into(), macs: vec!["52:54:00:00:00:01".into()], ..Default::default() }).await.unwrap_err();
+    let normal = Actor {
+        username: "bob".into(),
+        admin: false,
+    };
+    let e = r
+        .add_machine(
+            &normal,
+            AddMachine {
+                hostname: "x".into(),
+                macs: vec!["52:54:00:00:00:01".into()],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), "forbidden");
 }
 
@@ -226,34 +445,79 @@ async fn bmc_secrets_are_sealed_at_rest_and_never_in_the_machine_record() {
     assert!(!shown.contains("hunter2-bmc"), "{shown}");
     assert!(shown.contains("power_user"));
     let db = std::fs::read(dir.path().join("kumo.db")).unwrap();
-    assert!(!db.windows(11).any(|w| w == b"hunter2-bmc"), "the password is in the database file in clear");
-    assert_eq!(r.power_parameters(&m).await.unwrap()["power_pass"], "hunter2-bmc");
+    assert!(
+        !db.windows(11).any(|w| w == b"hunter2-bmc"),
+        "the password is in the database file in clear"
+    );
+    assert_eq!(
+        r.power_parameters(&m).await.unwrap()["power_pass"],
+        "hunter2-bmc"
+    );
 
     // Updating another parameter keeps the sealed password.
-    let upd = UpdateMachine { power_parameters: Some(json!({"power_user": "root"}).as_object().unwrap().clone()), ..Default::default() };
+    let upd = UpdateMachine {
+        power_parameters: Some(json!({"power_user": "root"}).as_object().unwrap().clone()),
+        ..Default::default()
+    };
     let m = r.update_machine(&admin(), "n1", upd).await.unwrap();
     let p = r.power_parameters(&m).await.unwrap();
-    assert_eq!((p["power_user"].as_str(), p["power_pass"].as_str()), (Some("root"), Some("hunter2-bmc")));
+    assert_eq!(
+        (p["power_user"].as_str(), p["power_pass"].as_str()),
+        (Some("root"), Some("hunter2-bmc"))
+    );
 }
 
 #[tokio::test]
 async fn the_watchdog_fails_a_machine_that_stops_reporting() {
     let (r, clock, _d) = sqlite_region().await;
-    r.add_machine(&admin(), AddMachine { hostname: "n1".into(), macs: vec!["52:54:00:00:00:01".into()], ..Default::default() }).await.unwrap();
-    r.machine_action(&admin(), "n1", "commission", ActionOptions::default()).await.unwrap();
+    r.add_machine(
+        &admin(),
+        AddMachine {
+            hostname: "n1".into(),
+            macs: vec!["52:54:00:00:00:01".into()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    r.machine_action(&admin(), "n1", "commission", ActionOptions::default())
+        .await
+        .unwrap();
     let token = r.machine_token("n1").await.unwrap().unwrap();
     clock.advance(1_000 * 1_000);
-    assert_eq!(r.run_watchdog().await.unwrap(), 0, "still within the 1200 s timeout");
+    assert_eq!(
+        r.run_watchdog().await.unwrap(),
+        0,
+        "still within the 1200 s timeout"
+    );
     // A progress report pushes the deadline out again.
-    r.machine_report(&token, StatusReport { event: ReportEvent::Progress, result: None, message: "running lshw".into() }).await.unwrap();
+    r.machine_report(
+        &token,
+        StatusReport {
+            event: ReportEvent::Progress,
+            result: None,
+            message: "running lshw".into(),
+        },
+    )
+    .await
+    .unwrap();
     clock.advance(1_000 * 1_000);
     assert_eq!(r.run_watchdog().await.unwrap(), 0);
     clock.advance(300 * 1_000);
     assert_eq!(r.run_watchdog().await.unwrap(), 1);
     let m = r.machine("n1").await.unwrap();
     assert_eq!(m.status, MachineStatus::FailedCommissioning);
-    assert!(m.status_message.contains("no report from the machine for 1200 s while commissioning"), "{}", m.status_message);
-    assert_eq!(r.run_watchdog().await.unwrap(), 0, "a failed machine is not failed twice");
+    assert!(
+        m.status_message
+            .contains("no report from the machine for 1200 s while commissioning"),
+        "{}",
+        m.status_message
+    );
+    assert_eq!(
+        r.run_watchdog().await.unwrap(),
+        0,
+        "a failed machine is not failed twice"
+    );
 }
 
 #[tokio::test]
@@ -263,34 +527,111 @@ async fn a_power_failure_fails_the_task_and_says_why() {
     let mut req = webhook_machine("n1", "52:54:00:00:00:01", "http://127.0.0.1:9");
     req.power_parameters.remove("power_token");
     r.add_machine(&admin(), req).await.unwrap();
-    r.machine_action(&admin(), "n1", "commission", ActionOptions::default()).await.unwrap();
+    r.machine_action(&admin(), "n1", "commission", ActionOptions::default())
+        .await
+        .unwrap();
     r.drain_power_jobs().await.unwrap();
     let m = r.machine("n1").await.unwrap();
-    assert_eq!((m.status, m.power_state), (MachineStatus::FailedCommissioning, PowerState::Error));
-    assert!(m.status_message.contains("power cycle failed"), "{}", m.status_message);
+    assert_eq!(
+        (m.status, m.power_state),
+        (MachineStatus::FailedCommissioning, PowerState::Error)
+    );
+    assert!(
+        m.status_message.contains("power cycle failed"),
+        "{}",
+        m.status_message
+    );
 }
 
 #[tokio::test]
 async fn allocation_explains_what_ruled_machines_out() {
     let (r, _c, _d) = sqlite_region().await;
-    r.create_tag(&admin(), Tag { name: "compute".into(), definition: String::new(), comment: String::new() }).await.unwrap();
+    r.create_tag(
+        &admin(),
+        Tag {
+            name: "compute".into(),
+            definition: String::new(),
+            comment: String::new(),
+        },
+    )
+    .await
+    .unwrap();
     for (i, cores) in [(1, 4), (2, 16)] {
         let name = format!("n{i}");
-        r.add_machine(&admin(), AddMachine { hostname: name.clone(), macs: vec![format!("52:54:00:00:00:0{i}")], cpu_count: Some(cores), ..Default::default() }).await.unwrap();
-        r.machine_action(&admin(), &name, "commission", ActionOptions::default()).await.unwrap();
+        r.add_machine(
+            &admin(),
+            AddMachine {
+                hostname: name.clone(),
+                macs: vec![format!("52:54:00:00:00:0{i}")],
+                cpu_count: Some(cores),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        r.machine_action(&admin(), &name, "commission", ActionOptions::default())
+            .await
+            .unwrap();
         let t = r.machine_token(&name).await.unwrap().unwrap();
         r.machine_report(&t, finished(true)).await.unwrap();
     }
-    r.tag_machines(&admin(), "compute", UpdateTagMachines { add: vec!["n1".into()], remove: vec![] }).await.unwrap();
-    let e = r.allocate(&admin(), AllocateRequest { constraints: "tags=compute cores=8".into() }).await.unwrap_err();
+    r.tag_machines(
+        &admin(),
+        "compute",
+        UpdateTagMachines {
+            add: vec!["n1".into()],
+            remove: vec![],
+        },
+    )
+    .await
+    .unwrap();
+    let e = r
+        .allocate(
+            &admin(),
+            AllocateRequest {
+                constraints: "tags=compute cores=8".into(),
+            },
+        )
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), "no_machine_matches");
     let msg = e.to_string();
-    assert!(msg.contains("of 2 ready machines") && msg.contains("tags=compute ruled out 1") && msg.contains("cores>=8 ruled out 1"), "{msg}");
-    let e = r.allocate(&admin(), AllocateRequest { constraints: "cores=lots".into() }).await.unwrap_err();
+    assert!(
+        msg.contains("of 2 ready machines")
+            && msg.contains("tags=compute ruled out 1")
+            && msg.contains("cores>=8 ruled out 1"),
+        "{msg}"
+    );
+    let e = r
+        .allocate(
+            &admin(),
+            AllocateRequest {
+                constraints: "cores=lots".into(),
+            },
+        )
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), "invalid_constraint");
-    let m = r.allocate(&admin(), AllocateRequest { constraints: "tags=compute".into() }).await.unwrap();
+    let m = r
+        .allocate(
+            &admin(),
+            AllocateRequest {
+                constraints: "tags=compute".into(),
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(m.hostname.as_str(), "n1");
-    assert!(matches!(r.allocate(&admin(), AllocateRequest { constraints: "tags=compute".into() }).await, Err(RegionError::Model(ModelError::NoMachineMatches { .. }))));
+    assert!(matches!(
+        r.allocate(
+            &admin(),
+            AllocateRequest {
+                constraints: "tags=compute".into()
+            }
+        )
+        .await,
+        Err(RegionError::Model(ModelError::NoMachineMatches { .. }))
+    ));
 }
 
 /// Two region processes share one PostgreSQL database; actions fired at the
@@ -303,7 +644,16 @@ async fn concurrent_actions_from_two_regions_are_serialised_not_lost() {
     let a = region_on(store_a, clock.clone(), 1).await;
     let b = region_on(store_b, clock.clone(), 2).await;
     for i in 0..20 {
-        a.add_machine(&admin(), AddMachine { hostname: format!("n{i}"), macs: vec![format!("52:54:00:00:01:{i:02x}")], ..Default::default() }).await.unwrap();
+        a.add_machine(
+            &admin(),
+            AddMachine {
+                hostname: format!("n{i}"),
+                macs: vec![format!("52:54:00:00:01:{i:02x}")],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     }
     let mut tasks = Vec::new();
     for i in 0..20 {
@@ -313,7 +663,15 @@ async fn concurrent_actions_from_two_regions_are_serialised_not_lost() {
             let who = admin();
             let (x, y) = tokio::join!(
                 a.machine_action(&who, &name, "commission", ActionOptions::default()),
-                b.machine_action(&who, &name, "mark-broken", ActionOptions { reason: Some("psu".into()), erase: None }),
+                b.machine_action(
+                    &who,
+                    &name,
+                    "mark-broken",
+                    ActionOptions {
+                        reason: Some("psu".into()),
+                        erase: None
+                    }
+                ),
             );
             (x.is_ok(), y.is_ok())
         }));
@@ -322,9 +680,19 @@ async fn concurrent_actions_from_two_regions_are_serialised_not_lost() {
         let (commissioned, broken) = t.await.unwrap();
         // Both orders are legal (commission from Broken, mark-broken while
         // commissioning), so both must have landed, one after the other.
-        assert!(commissioned && broken, "n{i}: commission {commissioned}, mark-broken {broken}");
+        assert!(
+            commissioned && broken,
+            "n{i}: commission {commissioned}, mark-broken {broken}"
+        );
         let events = a.machine_events(Some(&format!("n{i}")), 50).await.unwrap();
-        assert_eq!(events.iter().filter(|e| e.kind == "status" && e.message.contains("→")).count(), 2, "{events:#?}");
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| e.kind == "status" && e.message.contains("→"))
+                .count(),
+            2,
+            "{events:#?}"
+        );
     }
 }
 
@@ -336,8 +704,14 @@ async fn a_restarted_region_resumes_queued_power_work() {
     let (store, dir) = kumo_store::testing::sqlite().await;
     let clock = Arc::new(ManualClock::new(1_700_000_000_000));
     let first = region_on(store, clock.clone(), 1).await;
-    first.add_machine(&admin(), webhook_machine("n1", "52:54:00:00:00:01", &base)).await.unwrap();
-    first.machine_action(&admin(), "n1", "commission", ActionOptions::default()).await.unwrap();
+    first
+        .add_machine(&admin(), webhook_machine("n1", "52:54:00:00:00:01", &base))
+        .await
+        .unwrap();
+    first
+        .machine_action(&admin(), "n1", "commission", ActionOptions::default())
+        .await
+        .unwrap();
     first.store().close().await;
     drop(first);
     assert!(bmc.calls().is_empty());
@@ -346,6 +720,12 @@ async fn a_restarted_region_resumes_queued_power_work() {
     let second = region_on(Store::open(&url).await.unwrap(), clock, 2).await;
     second.drain_power_jobs().await.unwrap();
     assert_eq!(bmc.calls(), ["n1 on"]);
-    assert_eq!(second.machine("n1").await.unwrap().status, MachineStatus::Commissioning);
-    assert!(second.store().power_jobs().await.unwrap().is_empty(), "done work is not redone");
+    assert_eq!(
+        second.machine("n1").await.unwrap().status,
+        MachineStatus::Commissioning
+    );
+    assert!(
+        second.store().power_jobs().await.unwrap().is_empty(),
+        "done work is not redone"
+    );
 }
