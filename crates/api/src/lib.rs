@@ -1,0 +1,468 @@
+//! kumo's REST API: `/api/v1` for users (API-key bearer auth), `/metadata/v1`
+//! for booted machines (per-machine token), `/metrics` and `/healthz`.
+//!
+//! Handlers are thin: they authenticate, decode, call one region method and
+//! encode. Every failure is a JSON body `{"error": {"code", "message",
+//! "field"?, "allowed_actions"?}}` whose `code` is stable.
+
+mod error;
+
+use std::future::Future;
+
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use kumo_model::api::{
+    ActionOptions, AddMachine, AllocateRequest, CreateUser, Group, MachineFilter, StatusReport,
+    Tag, UpdateMachine, UpdateTagMachines,
+};
+use kumo_model::Inventory;
+use kumo_region::{Actor, Region, RegionError};
+use kumo_store::GroupKind;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::json;
+
+pub use error::ApiError;
+
+/// A JSON body whose decoding errors become 400 `invalid_body` answers
+/// that say what was wrong and where.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(rej) => Err(ApiError::new(rej.status(), "invalid_body", rej.body_text())),
+        }
+    }
+}
+
+/// Query strings, with the same treatment.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(v)) => Ok(ApiQuery(v)),
+            Err(rej) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                rej.body_text(),
+            )),
+        }
+    }
+}
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// The authenticated user of an `/api/v1` request.
+pub struct User(pub Actor);
+
+impl FromRequestParts<Region> for User {
+    type Rejection = ApiError;
+    fn from_request_parts(
+        parts: &mut Parts,
+        region: &Region,
+    ) -> impl Future<Output = Result<Self, ApiError>> + Send {
+        let key = bearer(parts).map(str::to_owned);
+        let region = region.clone();
+        async move {
+            let key = key.ok_or_else(|| ApiError::from(RegionError::Unauthorized))?;
+            Ok(User(region.authenticate(&key).await?))
+        }
+    }
+}
+
+/// The token of a `/metadata/v1` request.
+pub struct MachineToken(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for MachineToken {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        bearer(parts)
+            .map(|t| MachineToken(t.to_owned()))
+            .ok_or_else(|| RegionError::Unauthorized.into())
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+#[derive(Deserialize)]
+struct Limit {
+    #[serde(default = "default_limit")]
+    limit: i64,
+    #[serde(default)]
+    machine: Option<String>,
+}
+
+fn default_limit() -> i64 {
+    100
+}
+
+pub fn router(region: Region) -> Router {
+    let api = Router::new()
+        .route("/version", get(version))
+        .route("/whoami", get(whoami))
+        .route("/machines", get(list_machines).post(add_machine))
+        .route("/machines/allocate", post(allocate))
+        .route(
+            "/machines/{id}",
+            get(show_machine)
+                .patch(update_machine)
+                .delete(delete_machine),
+        )
+        .route("/machines/{id}/actions/{action}", post(machine_action))
+        .route("/machines/{id}/events", get(machine_events))
+        .route("/events", get(events))
+        .route("/audit", get(audit))
+        .route("/tags", get(list_tags).post(create_tag))
+        .route(
+            "/tags/{name}",
+            get(show_tag).put(update_tag).delete(delete_tag),
+        )
+        .route("/tags/{name}/machines", post(tag_machines))
+        .route(
+            "/zones",
+            get(|s, u| list_groups(s, u, GroupKind::Zone))
+                .post(|s, u, b| create_group(s, u, b, GroupKind::Zone)),
+        )
+        .route(
+            "/zones/{name}",
+            axum::routing::delete(|s, u, p| delete_group(s, u, p, GroupKind::Zone)),
+        )
+        .route(
+            "/pools",
+            get(|s, u| list_groups(s, u, GroupKind::Pool))
+                .post(|s, u, b| create_group(s, u, b, GroupKind::Pool)),
+        )
+        .route(
+            "/pools/{name}",
+            axum::routing::delete(|s, u, p| delete_group(s, u, p, GroupKind::Pool)),
+        )
+        .route("/users", get(list_users).post(create_user))
+        .route("/users/{name}/api-keys", post(create_api_key))
+        .route("/power-types", get(power_types));
+    let metadata = Router::new()
+        .route("/instructions", get(instructions))
+        .route("/status", post(report_status))
+        .route("/inventory", post(report_inventory));
+    Router::new()
+        .nest("/api/v1", api)
+        .nest("/metadata/v1", metadata)
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint".into(),
+            )
+        })
+        .layer(middleware::from_fn_with_state(
+            region.clone(),
+            count_requests,
+        ))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(region)
+}
+
+async fn count_requests(State(region): State<Region>, req: Request, next: Next) -> Response {
+    let method = req.method().to_string();
+    let resp = next.run(req).await;
+    let labels = kumo_region::metrics::ApiLabels {
+        method,
+        status: resp.status().as_u16(),
+    };
+    region.metrics().api_requests.get_or_create(&labels).inc();
+    resp
+}
+
+async fn version() -> impl IntoResponse {
+    Json(json!({"version": env!("CARGO_PKG_VERSION"), "api": kumo_model::api::API_VERSION}))
+}
+
+async fn whoami(User(actor): User) -> impl IntoResponse {
+    Json(json!({"username": actor.username, "admin": actor.admin}))
+}
+
+async fn metrics(State(region): State<Region>) -> ApiResult<Response> {
+    region.refresh_gauges().await?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        region.metrics().render(),
+    )
+        .into_response())
+}
+
+async fn list_machines(
+    State(r): State<Region>,
+    _u: User,
+    ApiQuery(f): ApiQuery<MachineFilter>,
+) -> ApiResult<impl IntoResponse> {
+    let ms = r.list_machines(&f).await?;
+    Ok(Json(ms.into_iter().map(|m| r.view(m)).collect::<Vec<_>>()))
+}
+
+async fn add_machine(
+    State(r): State<Region>,
+    User(a): User,
+    ApiJson(req): ApiJson<AddMachine>,
+) -> ApiResult<impl IntoResponse> {
+    let m = r.add_machine(&a, req).await?;
+    Ok((StatusCode::CREATED, Json(r.view(m))))
+}
+
+async fn show_machine(
+    State(r): State<Region>,
+    _u: User,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(r.view(r.machine(&id).await?)))
+}
+
+async fn update_machine(
+    State(r): State<Region>,
+    User(a): User,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<UpdateMachine>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(r.view(r.update_machine(&a, &id, req).await?)))
+}
+
+async fn delete_machine(
+    State(r): State<Region>,
+    User(a): User,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    r.delete_machine(&a, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn machine_action(
+    State(r): State<Region>,
+    User(a): User,
+    Path((id, action)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> ApiResult<impl IntoResponse> {
+    // The body is optional: most actions take no options.
+    let opts: ActionOptions =
+        if body.iter().all(u8::is_ascii_whitespace) || body.trim_ascii() == b"null" {
+            ActionOptions::default()
+        } else {
+            serde_json::from_slice(&body).map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_body",
+                    format!("action options: {e}"),
+                )
+            })?
+        };
+    Ok(Json(
+        r.view(r.machine_action(&a, &id, &action, opts).await?),
+    ))
+}
+
+async fn allocate(
+    State(r): State<Region>,
+    User(a): User,
+    ApiJson(req): ApiJson<AllocateRequest>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(r.view(r.allocate(&a, req).await?)))
+}
+
+async fn machine_events(
+    State(r): State<Region>,
+    _u: User,
+    Path(id): Path<String>,
+    ApiQuery(l): ApiQuery<Limit>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(r.machine_events(Some(&id), l.limit).await?))
+}
+
+async fn events(
+    State(r): State<Region>,
+    _u: User,
+    ApiQuery(l): ApiQuery<Limit>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(r.machine_events(l.machine.as_deref(), l.limit).await?))
+}
+
+async fn audit(
+    State(r): State<Region>,
+    User(a): User,
+    ApiQuery(l): ApiQuery<Limit>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(r.audit_events(&a, l.limit).await?))
+}
+
+async fn list_tags(State(r): State<Region>, _u: User) -> ApiResult<impl IntoResponse> {
+    Ok(Json(r.list_tags().await?))
+}
+
+async fn show_tag(
+    State(r): State<Region>,
+    _u: User,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(r.tag(&name).await?))
+}
+
+async fn create_tag(
+    State(r): State<Region>,
+    User(a): User,
+    ApiJson(t): ApiJson<Tag>,
+) -> ApiResult<impl IntoResponse> {
+    Ok((StatusCode::CREATED, Json(r.create_tag(&a, t).await?)))
+}
+
+async fn update_tag(
+    State(r): State<Region>,
+    User(a): User,
+    Path(name): Path<String>,
+    ApiJson(mut t): ApiJson<Tag>,
+) -> ApiResult<impl IntoResponse> {
+    t.name = name;
+    Ok(Json(r.update_tag(&a, t).await?))
+}
+
+async fn delete_tag(
+    State(r): State<Region>,
+    User(a): User,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    r.delete_tag(&a, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn tag_machines(
+    State(r): State<Region>,
+    User(a): User,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<UpdateTagMachines>,
+) -> ApiResult<impl IntoResponse> {
+    r.tag_machines(&a, &name, req).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_groups(
+    State(r): State<Region>,
+    _u: User,
+    kind: GroupKind,
+) -> ApiResult<Json<Vec<Group>>> {
+    Ok(Json(r.list_groups(kind).await?))
+}
+
+async fn create_group(
+    State(r): State<Region>,
+    User(a): User,
+    ApiJson(g): ApiJson<Group>,
+    kind: GroupKind,
+) -> ApiResult<(StatusCode, Json<Group>)> {
+    Ok((
+        StatusCode::CREATED,
+        Json(r.create_group(&a, kind, g).await?),
+    ))
+}
+
+async fn delete_group(
+    State(r): State<Region>,
+    User(a): User,
+    Path(name): Path<String>,
+    kind: GroupKind,
+) -> ApiResult<StatusCode> {
+    r.delete_group(&a, kind, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_users(State(r): State<Region>, _u: User) -> ApiResult<impl IntoResponse> {
+    Ok(Json(r.list_users().await?))
+}
+
+async fn create_user(
+    State(r): State<Region>,
+    User(a): User,
+    ApiJson(req): ApiJson<CreateUser>,
+) -> ApiResult<impl IntoResponse> {
+    Ok((StatusCode::CREATED, Json(r.create_user(&a, req).await?)))
+}
+
+async fn create_api_key(
+    State(r): State<Region>,
+    User(a): User,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    Ok((
+        StatusCode::CREATED,
+        Json(r.create_api_key(&a, &name).await?),
+    ))
+}
+
+async fn power_types(_u: User) -> impl IntoResponse {
+    let types: Vec<_> = kumo_power::POWER_TYPES
+        .iter()
+        .map(|t| {
+            let params: Vec<_> = kumo_power::parameter_specs(t)
+                .unwrap_or(&[])
+                .iter()
+                .map(|p| json!({"name": p.name, "required": p.required, "secret": p.secret, "description": p.description, "default": p.default}))
+                .collect();
+            json!({"name": t, "parameters": params})
+        })
+        .collect();
+    Json(types)
+}
+
+async fn instructions(
+    State(r): State<Region>,
+    MachineToken(t): MachineToken,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(r.instructions(&t).await?))
+}
+
+async fn report_status(
+    State(r): State<Region>,
+    MachineToken(t): MachineToken,
+    ApiJson(rep): ApiJson<StatusReport>,
+) -> ApiResult<impl IntoResponse> {
+    let m = r.machine_report(&t, rep).await?;
+    Ok(Json(json!({"system_id": m.system_id, "status": m.status})))
+}
+
+async fn report_inventory(
+    State(r): State<Region>,
+    MachineToken(t): MachineToken,
+    ApiJson(inv): ApiJson<Inventory>,
+) -> ApiResult<impl IntoResponse> {
+    let m = r.machine_inventory(&t, inv).await?;
+    Ok(Json(json!({"system_id": m.system_id, "status": m.status})))
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then finishes
+/// the requests in flight.
+pub async fn serve(
+    region: Region,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(region))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

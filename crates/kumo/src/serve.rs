@@ -1,0 +1,139 @@
+//! `kumo init` and `kumo region serve`: the region's own process.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use kumo_model::api::CreateUser;
+use kumo_region::{Actor, Region, RegionConfig, RegionError};
+
+use crate::cli::{InitArgs, ServeArgs};
+use crate::config::{Profile, Profiles, RegionFile, DEFAULT_LISTEN};
+
+fn generate_password() -> String {
+    use rand_like::fill;
+    let mut b = [0u8; 18];
+    fill(&mut b);
+    b.iter()
+        .map(|x| {
+            (b"abcdefghjkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789")[*x as usize % 55] as char
+        })
+        .collect()
+}
+
+/// OS randomness without another dependency: the region's entropy source.
+mod rand_like {
+    pub fn fill(buf: &mut [u8]) {
+        use kumo_region::Entropy;
+        kumo_region::OsEntropy.fill(buf)
+    }
+}
+
+pub async fn init(a: InitArgs) -> Result<()> {
+    let dir = a.data_dir.unwrap_or_else(crate::config::default_data_dir);
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("creating data directory {}", dir.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("securing data directory {}", dir.display()))?;
+    }
+    let database = a
+        .database
+        .unwrap_or_else(|| format!("sqlite:{}", dir.join("kumo.db").display()));
+    let listen = a.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+    let region = Region::open(&database, &dir.join("secret.key"), RegionConfig::default())
+        .await
+        .with_context(|| format!("opening the region database {database}"))?;
+    let generated = a.password.is_none();
+    let password = a.password.unwrap_or_else(generate_password);
+    match region.create_user(&Actor::system(), CreateUser { username: a.admin.clone(), password: password.clone(), admin: true }).await {
+        Ok(_) => {}
+        Err(RegionError::AlreadyExists { .. }) => bail!(
+            "{} is already initialised: user {:?} exists. Make another API key with `kumo users api-key {}`",
+            dir.display(),
+            a.admin,
+            a.admin
+        ),
+        Err(e) => return Err(e.into()),
+    }
+    let key = region.create_api_key(&Actor::system(), &a.admin).await?.key;
+    RegionFile {
+        database: database.clone(),
+        listen: listen.clone(),
+    }
+    .save(&dir)?;
+    region.store().close().await;
+
+    let url = format!("http://{listen}");
+    if !a.no_login {
+        let mut profiles = Profiles::load()?;
+        profiles.profiles.insert(
+            a.profile.clone(),
+            Profile {
+                url: url.clone(),
+                key: key.clone(),
+            },
+        );
+        profiles.current = Some(a.profile.clone());
+        profiles.save()?;
+    }
+    println!("initialised kumo in {}", dir.display());
+    println!("  database:  {database}");
+    println!("  admin:     {}", a.admin);
+    if generated {
+        println!("  password:  {password}   (shown once)");
+    }
+    println!("  API key:   {key}   (shown once)");
+    if !a.no_login {
+        println!(
+            "  profile:   {} → {url} (saved in {})",
+            a.profile,
+            Profiles::path().display()
+        );
+    }
+    println!("\nnext: kumo region serve --data-dir {}", dir.display());
+    Ok(())
+}
+
+pub async fn serve(a: ServeArgs) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KUMO_LOG")
+        .unwrap_or_else(|_| "info,sqlx=warn,tower_http=info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if a.log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    let dir: PathBuf = a.data_dir.unwrap_or_else(crate::config::default_data_dir);
+    let file = RegionFile::load(&dir)?;
+    let database = a.database.unwrap_or(file.database);
+    let listen = a.listen.unwrap_or(file.listen);
+    let region = Region::open(&database, &dir.join("secret.key"), RegionConfig::default())
+        .await
+        .with_context(|| format!("opening the region database {database}"))?;
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let workers = region.spawn_workers(stop_rx);
+    tracing::info!(%listen, data_dir = %dir.display(), engine = ?region.store().engine(), "region serving");
+    let shutdown = async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down: finishing requests in flight");
+    };
+    kumo_api::serve(region.clone(), listener, shutdown)
+        .await
+        .context("serving the API")?;
+    let _ = stop_tx.send(true);
+    let _ = workers.await;
+    region.store().close().await;
+    tracing::info!("region stopped");
+    Ok(())
+}
