@@ -128,6 +128,7 @@ pub fn router(region: Region) -> Router {
         )
         .route("/machines/{id}/actions/{action}", post(machine_action))
         .route("/machines/{id}/events", get(machine_events))
+        .route("/machines/{id}/token", get(machine_token))
         .route("/events", get(events))
         .route("/audit", get(audit))
         .route("/tags", get(list_tags).post(create_tag))
@@ -295,6 +296,25 @@ async fn machine_events(
     ApiQuery(l): ApiQuery<Limit>,
 ) -> ApiResult<impl IntoResponse> {
     Ok(Json(r.machine_events(Some(&id), l.limit).await?))
+}
+
+/// The token a booting machine uses for `/metadata/v1`: the rack embeds it
+/// in the machine's boot configuration, so only admins may read it.
+async fn machine_token(
+    State(r): State<Region>,
+    User(a): User,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    if !a.admin {
+        return Err(RegionError::Forbidden(format!(
+            "reading a machine token needs an admin user; {} is not one",
+            a.username
+        ))
+        .into());
+    }
+    let m = r.machine(&id).await?;
+    let token = r.machine_token(m.system_id.as_str()).await?;
+    Ok(Json(json!({"system_id": m.system_id, "token": token})))
 }
 
 async fn events(
