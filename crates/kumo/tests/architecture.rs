@@ -1,0 +1,122 @@
+//! Checks the dependency directions ARCHITECTURE.md writes down:
+//! protocol cores and the domain model ← services ← API ← binary.
+//! A new crate must be given its place here before it builds into kumo.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Each crate and the kumo crates it may depend on.
+const ALLOWED: &[(&str, &[&str])] = &[
+    // Pure: no I/O, no kumo dependencies.
+    ("kumo-model", &[]),
+    // Edges: talk to the outside world, know nothing of the region.
+    ("kumo-power", &[]),
+    ("kumo-store", &["kumo-model"]),
+    // Services.
+    ("kumo-region", &["kumo-model", "kumo-store", "kumo-power"]),
+    // Interfaces.
+    (
+        "kumo-api",
+        &["kumo-model", "kumo-region", "kumo-store", "kumo-power"],
+    ),
+    ("kumo-client", &["kumo-model"]),
+    // Binaries: anything.
+    (
+        "kumo",
+        &[
+            "kumo-model",
+            "kumo-store",
+            "kumo-power",
+            "kumo-region",
+            "kumo-api",
+            "kumo-client",
+        ],
+    ),
+    (
+        "kumo-bench",
+        &[
+            "kumo-model",
+            "kumo-store",
+            "kumo-power",
+            "kumo-region",
+            "kumo-api",
+            "kumo-client",
+        ],
+    ),
+];
+
+fn kumo_deps(manifest: &toml::Value) -> Vec<String> {
+    // Dev-dependencies may reach further (tests wire real parts together);
+    // what ships is [dependencies].
+    manifest
+        .get("dependencies")
+        .and_then(|d| d.as_table())
+        .map(|t| {
+            t.keys()
+                .filter(|k| k.starts_with("kumo"))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn crate_dependencies_point_inwards() {
+    let crates_dir = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let allowed: BTreeMap<&str, &[&str]> = ALLOWED.iter().copied().collect();
+    let mut seen = 0;
+    for entry in std::fs::read_dir(crates_dir).unwrap() {
+        let manifest_path = entry.unwrap().path().join("Cargo.toml");
+        let Ok(text) = std::fs::read_to_string(&manifest_path) else {
+            continue;
+        };
+        let manifest: toml::Value = text
+            .parse()
+            .unwrap_or_else(|e| panic!("{}: {e}", manifest_path.display()));
+        let name = manifest["package"]["name"].as_str().unwrap().to_owned();
+        let Some(ok) = allowed.get(name.as_str()) else {
+            panic!("crate {name} ({}) has no place in the dependency rules: add it to ALLOWED and ARCHITECTURE.md", manifest_path.display());
+        };
+        for dep in kumo_deps(&manifest) {
+            assert!(
+                ok.contains(&dep.as_str()),
+                "{name} must not depend on {dep}: see ARCHITECTURE.md, dependency directions"
+            );
+        }
+        seen += 1;
+    }
+    assert!(
+        seen >= 7,
+        "found only {seen} crates under {}",
+        crates_dir.display()
+    );
+}
+
+#[test]
+fn the_model_crate_does_no_io() {
+    // The lifecycle and constraint logic must stay pure: no clocks, no
+    // sockets, no files, no randomness read inside the model.
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("model/src");
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for banned in [
+            "SystemTime",
+            "Instant::now",
+            "std::fs",
+            "std::net",
+            "tokio",
+            "thread_rng",
+            "OsRng",
+        ] {
+            assert!(
+                !text.contains(banned),
+                "{} uses {banned}; the model crate is pure",
+                path.display()
+            );
+        }
+    }
+}

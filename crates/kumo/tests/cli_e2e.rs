@@ -1,0 +1,348 @@
+//! The README's path, end to end, through the real binary: `kumo init`,
+//! `kumo region serve`, then the CLI adds a QEMU machine with the `qemu`
+//! power driver, tags it, allocates it by tag and walks it through its
+//! lifecycle. The real QEMU process is powered on and off by kumo; the
+//! machine's own reports (which the ephemeral environment will send) go to
+//! the machine-facing API over HTTP.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+struct Lab {
+    dir: tempfile::TempDir,
+    url: String,
+    region: Child,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = self.region.kill();
+        let _ = self.region.wait();
+        // Any QEMU this test started wrote a pidfile here.
+        for entry in std::fs::read_dir(self.dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if entry.path().extension().is_some_and(|e| e == "pid") {
+                if let Some(pid) = std::fs::read_to_string(entry.path())
+                    .ok()
+                    .and_then(|s| s.trim().parse::<i32>().ok())
+                {
+                    // SAFETY: kill(2) has no memory-safety preconditions.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+    }
+}
+
+fn kumo(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kumo"))
+        .args(args)
+        .env("KUMO_CONFIG_DIR", dir.join("config"))
+        .env("KUMO_DATA_DIR", dir.join("data"))
+        .env_remove("KUMO_PROFILE")
+        .output()
+        .expect("run kumo")
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = kumo(dir, args);
+    assert!(
+        out.status.success(),
+        "kumo {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn json_of(dir: &Path, args: &[&str]) -> Value {
+    let mut a = args.to_vec();
+    a.extend(["--format", "json"]);
+    serde_json::from_str(&ok(dir, &a)).unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("timed out after {secs} s waiting for {what}");
+}
+
+fn qemu() -> PathBuf {
+    let p = Path::new("/usr/bin/qemu-system-x86_64");
+    assert!(
+        p.exists(),
+        "qemu-system-x86_64 not found: apt-get install qemu-system-x86 (scripts/test.sh does)"
+    );
+    p.to_owned()
+}
+
+fn start() -> Lab {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let init = ok(
+        dir.path(),
+        &["init", "--listen", &listen, "--password", "correct-horse"],
+    );
+    assert!(init.contains("API key:   kumo_"), "{init}");
+    let region = Command::new(env!("CARGO_BIN_EXE_kumo"))
+        .args(["region", "serve"])
+        .env("KUMO_DATA_DIR", dir.path().join("data"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let url = format!("http://{listen}");
+    wait_until("the region to answer", 30, || {
+        reqwest::blocking::get(format!("{url}/healthz")).is_ok()
+    });
+    Lab { dir, url, region }
+}
+
+fn machine(lab: &Lab, name: &str) -> Value {
+    json_of(lab.dir.path(), &["machines", "show", name])
+}
+
+fn report(lab: &Lab, name: &str, path: &str, body: Value) {
+    let token = json_of(lab.dir.path(), &["machines", "show", name])["system_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let key = {
+        let p: Value = serde_json::from_str(
+            &std::fs::read_to_string(lab.dir.path().join("config/profiles.json")).unwrap(),
+        )
+        .unwrap();
+        p["profiles"]["local"]["key"].as_str().unwrap().to_owned()
+    };
+    let http = reqwest::blocking::Client::new();
+    let t: Value = http
+        .get(format!("{}/api/v1/machines/{token}/token", lab.url))
+        .bearer_auth(&key)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let resp = http
+        .post(format!("{}/metadata/v1/{path}", lab.url))
+        .bearer_auth(t["token"].as_str().unwrap())
+        .json(&body)
+        .send()
+        .unwrap();
+    assert!(
+        resp.status().is_success(),
+        "{path}: {}",
+        resp.text().unwrap()
+    );
+}
+
+fn qemu_alive(lab: &Lab, name: &str) -> bool {
+    std::fs::read_to_string(lab.dir.path().join(format!("{name}.pid")))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        // SAFETY: signal 0 only checks that the process exists.
+        .is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0)
+}
+
+#[test]
+fn init_serve_add_tag_allocate_and_walk_a_qemu_machine_through_its_lifecycle() {
+    let lab = start();
+    let d = lab.dir.path();
+    let qmp = d.join("vm1.qmp");
+    let command = json!([
+        qemu(),
+        "-machine",
+        "pc",
+        "-accel",
+        "tcg",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-m",
+        "32",
+        "-qmp",
+        format!("unix:{},server=on,wait=off", qmp.display()),
+        "-pidfile",
+        d.join("vm1.pid"),
+    ]);
+    ok(
+        d,
+        &[
+            "machines",
+            "add",
+            "--hostname",
+            "vm1",
+            "--mac",
+            "52:54:00:12:00:01",
+            "--power-type",
+            "qemu",
+            "--power-param",
+            &format!("qmp_socket={}", qmp.display()),
+            "--power-param",
+            &format!("command={command}"),
+            "--cores",
+            "1",
+            "--memory",
+            "32",
+        ],
+    );
+    ok(
+        d,
+        &[
+            "machines",
+            "add",
+            "--hostname",
+            "vm2",
+            "--mac",
+            "52:54:00:12:00:02",
+        ],
+    );
+    let list = ok(d, &["machines", "list"]);
+    assert!(
+        list.contains("vm1") && list.contains("vm2") && list.contains("new"),
+        "{list}"
+    );
+
+    // Bad input is refused with the field named, and the exit code says so.
+    let bad = kumo(
+        d,
+        &[
+            "machines",
+            "add",
+            "--hostname",
+            "vm3",
+            "--mac",
+            "52:54:00:12:00:zz",
+        ],
+    );
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("macs[0]"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let illegal = kumo(d, &["machines", "deploy", "vm1"]);
+    assert!(!illegal.status.success());
+    assert!(
+        String::from_utf8_lossy(&illegal.stderr).contains("allowed: commission"),
+        "{}",
+        String::from_utf8_lossy(&illegal.stderr)
+    );
+
+    // Commission: kumo powers the real QEMU machine on.
+    ok(d, &["machines", "commission", "vm1"]);
+    wait_until("QEMU to be powered on", 60, || {
+        qemu_alive(&lab, "vm1") && machine(&lab, "vm1")["power_state"] == "on"
+    });
+    assert_eq!(ok(d, &["machines", "power-state", "vm1"]).trim(), "vm1: on");
+    report(
+        &lab,
+        "vm1",
+        "inventory",
+        json!({"cpu": {"model": "QEMU Virtual CPU", "count": 1}, "memory_mib": 32, "nics": [{"name": "ens3", "mac": "52:54:00:12:00:01"}]}),
+    );
+    report(
+        &lab,
+        "vm1",
+        "status",
+        json!({"event": "finished", "result": "success"}),
+    );
+    assert_eq!(machine(&lab, "vm1")["status"], "ready");
+    // Commissioning done: kumo powers it off again.
+    wait_until("QEMU to be powered off", 60, || {
+        !qemu_alive(&lab, "vm1") && machine(&lab, "vm1")["power_state"] == "off"
+    });
+
+    ok(d, &["tags", "create", "lab"]);
+    ok(d, &["tags", "add", "lab", "vm1"]);
+    ok(
+        d,
+        &["tags", "create", "tiny", "--definition", "memory_mib <= 64"],
+    );
+    let tags = machine(&lab, "vm1")["tags"].clone();
+    assert_eq!(tags, json!(["lab", "tiny"]));
+    let miss = kumo(
+        d,
+        &["machines", "allocate", "--constraints", "tags=lab cores=4"],
+    );
+    assert!(
+        String::from_utf8_lossy(&miss.stderr).contains("cores>=4 ruled out 1"),
+        "{}",
+        String::from_utf8_lossy(&miss.stderr)
+    );
+    let got = json_of(d, &["machines", "allocate", "--constraints", "tags=lab"]);
+    assert_eq!(
+        (got["hostname"].as_str(), got["status"].as_str()),
+        (Some("vm1"), Some("allocated"))
+    );
+
+    ok(d, &["machines", "deploy", "vm1"]);
+    wait_until("QEMU to boot for deployment", 60, || {
+        qemu_alive(&lab, "vm1")
+    });
+    report(
+        &lab,
+        "vm1",
+        "status",
+        json!({"event": "progress", "message": "writing image"}),
+    );
+    report(
+        &lab,
+        "vm1",
+        "status",
+        json!({"event": "finished", "result": "success"}),
+    );
+    assert_eq!(machine(&lab, "vm1")["status"], "deployed");
+
+    ok(d, &["machines", "release", "vm1", "--erase", "quick"]);
+    assert_eq!(machine(&lab, "vm1")["status"], "disk_erasing");
+    report(
+        &lab,
+        "vm1",
+        "status",
+        json!({"event": "finished", "result": "success"}),
+    );
+    let m = machine(&lab, "vm1");
+    assert_eq!(
+        (m["status"].as_str(), m["owner"].as_null()),
+        (Some("ready"), Some(()))
+    );
+    wait_until("QEMU to be powered off after erasing", 60, || {
+        !qemu_alive(&lab, "vm1")
+    });
+
+    let events = ok(d, &["events", "--machine", "vm1", "--limit", "100"]);
+    for needle in [
+        "commission by admin",
+        "writing image",
+        "deploying → deployed",
+        "disk erasing → ready",
+        "power off: done",
+    ] {
+        assert!(events.contains(needle), "missing {needle:?} in:\n{events}");
+    }
+    let audit = ok(d, &["audit"]);
+    assert!(
+        audit.contains("deploy") && audit.contains("machine/"),
+        "{audit}"
+    );
+}
