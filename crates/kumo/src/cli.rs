@@ -386,7 +386,7 @@ fn parse_params(raw: &[String], allow_remove: bool) -> Result<Map<String, Value>
     Ok(out)
 }
 
-fn machine_table(ms: &Vec<MachineView>) -> comfy_table::Table {
+fn machine_table(ms: &[MachineView]) -> comfy_table::Table {
     table(
         &[
             "HOSTNAME",
@@ -474,7 +474,7 @@ fn machine_detail(v: &MachineView) -> comfy_table::Table {
     fields(rows)
 }
 
-fn events_table(es: &Vec<MachineEvent>) -> comfy_table::Table {
+fn events_table(es: &[MachineEvent]) -> comfy_table::Table {
     table(
         &["TIME", "MACHINE", "KIND", "MESSAGE"],
         es.iter()
@@ -570,7 +570,7 @@ pub async fn run_client_command(cmd: Command, profile: Option<&str>, format: For
                 None => format!("/api/v1/events?limit={limit}"),
             };
             let es: Vec<MachineEvent> = c.get(&path).await?;
-            emit(format, &es, events_table)
+            emit(format, &es, |es| events_table(es))
         }
         Command::Audit { limit } => {
             let es: Vec<AuditEvent> = c.get(&format!("/api/v1/audit?limit={limit}")).await?;
@@ -705,7 +705,7 @@ async fn machines(c: &Client, format: Format, cmd: MachineCommand) -> Result<()>
                 }
             }
             let ms: Vec<MachineView> = c.get(&format!("/api/v1/machines?{}", q.join("&"))).await?;
-            emit(format, &ms, machine_table)
+            emit(format, &ms, |ms| machine_table(ms))
         }
         MachineCommand::Show { machine } => {
             show_machine(

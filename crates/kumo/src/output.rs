@@ -60,7 +60,7 @@ pub fn emit<T: Serialize>(
 pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> Table {
     let mut t = Table::new();
     t.load_preset(NOTHING);
-    t.set_header(header.iter().map(|h| Cell::new(h)));
+    t.set_header(header.iter().map(Cell::new));
     for r in rows {
         t.add_row(r);
     }
@@ -78,7 +78,7 @@ pub fn fields(rows: Vec<(&str, String)>) -> Table {
 }
 
 pub fn mib(m: u64) -> String {
-    if m >= 1024 && m % 1024 == 0 {
+    if m >= 1024 && m.is_multiple_of(1024) {
         format!("{} GiB", m / 1024)
     } else if m >= 1024 {
         format!("{:.1} GiB", m as f64 / 1024.0)

@@ -37,6 +37,9 @@ fn parse_mem(value: &str) -> Option<u64> {
     Some((n * mult as f64).ceil() as u64)
 }
 
+/// A constraint as text (for messages) and as a predicate.
+type Clause<'a> = (String, Box<dyn Fn(&Machine) -> bool + 'a>);
+
 impl Constraints {
     pub fn parse(input: &str) -> Result<Self, ModelError> {
         let mut c = Constraints::default();
@@ -88,8 +91,8 @@ impl Constraints {
     }
 
     /// One predicate per constraint, with the text that names it in errors.
-    fn clauses(&self) -> Vec<(String, Box<dyn Fn(&Machine) -> bool + '_>)> {
-        let mut out: Vec<(String, Box<dyn Fn(&Machine) -> bool + '_>)> = Vec::new();
+    fn clauses(&self) -> Vec<Clause<'_>> {
+        let mut out: Vec<Clause<'_>> = Vec::new();
         for t in &self.tags {
             out.push((
                 format!("tags={t}"),

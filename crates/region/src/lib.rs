@@ -42,6 +42,8 @@ pub const ARCHITECTURES: &[&str] = &[
     "amd64", "arm64", "i386", "armhf", "ppc64el", "s390x", "riscv64",
 ];
 
+type Params = Map<String, Value>;
+
 /// Key in a machine's sealed secrets holding its machine-API token.
 const MACHINE_TOKEN_KEY: &str = "_machine_token";
 
@@ -411,7 +413,7 @@ impl Region {
         &self,
         power_type: &str,
         params: &Map<String, Value>,
-    ) -> Result<(Map<String, Value>, Map<String, Value>), RegionError> {
+    ) -> Result<(Params, Params), RegionError> {
         kumo_power::validate_parameters(power_type, params)?;
         let specs = kumo_power::parameter_specs(power_type).unwrap_or(&[]);
         let (mut public, mut secret) = (Map::new(), Map::new());
@@ -524,10 +526,7 @@ impl Region {
             let mut scratch = MachineWrite::new(&probe, self.now());
             let mut secrets: Option<Map<String, Value>> = None;
             change(&mut next, &mut scratch, &mut secrets)?;
-            let sealed = match &secrets {
-                Some(s) => Some(self.inner.secrets.seal(s, self.entropy())),
-                None => None,
-            };
+            let sealed = secrets.as_ref().map(|s| self.inner.secrets.seal(s, self.entropy()));
             let write = MachineWrite {
                 machine: &next,
                 sealed_secrets: sealed.as_deref(),
