@@ -526,7 +526,9 @@ impl Region {
             let mut scratch = MachineWrite::new(&probe, self.now());
             let mut secrets: Option<Map<String, Value>> = None;
             change(&mut next, &mut scratch, &mut secrets)?;
-            let sealed = secrets.as_ref().map(|s| self.inner.secrets.seal(s, self.entropy()));
+            let sealed = secrets
+                .as_ref()
+                .map(|s| self.inner.secrets.seal(s, self.entropy()));
             let write = MachineWrite {
                 machine: &next,
                 sealed_secrets: sealed.as_deref(),
