@@ -346,3 +346,115 @@ fn init_serve_add_tag_allocate_and_walk_a_qemu_machine_through_its_lifecycle() {
         "{audit}"
     );
 }
+
+/// A webhook BMC whose first power-on request stalls, as a BMC that hangs
+/// mid-operation would; every later request answers at once.
+fn stalling_bmc() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::sync::{Arc, Mutex};
+    let calls: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = calls.clone();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let on = {
+                let calls = seen.clone();
+                move || {
+                    let calls = calls.clone();
+                    async move {
+                        let first = {
+                            let mut c = calls.lock().unwrap();
+                            c.push("on".into());
+                            c.len() == 1
+                        };
+                        if first {
+                            tokio::time::sleep(Duration::from_secs(600)).await;
+                        }
+                        "ok"
+                    }
+                }
+            };
+            let query = {
+                let calls = seen.clone();
+                move || {
+                    let calls = calls.clone();
+                    async move {
+                        if calls.lock().unwrap().len() > 1 {
+                            "status: running"
+                        } else {
+                            "status: stopped"
+                        }
+                    }
+                }
+            };
+            let app = axum::Router::new()
+                .route("/on", axum::routing::post(on))
+                .route("/off", axum::routing::post(|| async { "ok" }))
+                .route("/status", axum::routing::get(query));
+            axum::serve(tokio::net::TcpListener::from_std(listener).unwrap(), app)
+                .await
+                .unwrap();
+        });
+    });
+    (url, calls)
+}
+
+#[test]
+fn a_region_killed_mid_power_operation_resumes_it_after_restart() {
+    let (bmc, calls) = stalling_bmc();
+    let mut lab = start();
+    let d = lab.dir.path().to_owned();
+    ok(
+        &d,
+        &[
+            "machines",
+            "add",
+            "--hostname",
+            "n1",
+            "--mac",
+            "52:54:00:13:00:01",
+            "--power-type",
+            "webhook",
+            "--power-param",
+            &format!("power_on_uri={bmc}/on"),
+            "--power-param",
+            &format!("power_off_uri={bmc}/off"),
+            "--power-param",
+            &format!("power_query_uri={bmc}/status"),
+        ],
+    );
+    ok(&d, &["machines", "commission", "n1"]);
+    wait_until("the power-on request to reach the BMC", 30, || {
+        !calls.lock().unwrap().is_empty()
+    });
+
+    // kill -9: no graceful shutdown, the power job is half done.
+    lab.region.kill().unwrap();
+    lab.region.wait().unwrap();
+    lab.region = Command::new(env!("CARGO_BIN_EXE_kumo"))
+        .args(["region", "serve"])
+        .env("KUMO_DATA_DIR", d.join("data"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    wait_until("the restarted region to power the machine on", 60, || {
+        reqwest::blocking::get(format!("{}/healthz", lab.url)).is_ok()
+            && machine(&lab, "n1")["power_state"] == "on"
+    });
+    assert_eq!(
+        calls.lock().unwrap().len(),
+        2,
+        "the interrupted power-on ran again, once"
+    );
+    let m = machine(&lab, "n1");
+    assert_eq!(
+        m["status"], "commissioning",
+        "the action itself was not lost: {m}"
+    );
+}
