@@ -880,9 +880,22 @@ impl Region {
         req: AllocateRequest,
     ) -> Result<Machine, RegionError> {
         let constraints = Constraints::parse(&req.constraints)?;
+        // Let the database narrow the field (Ready, carrying the tags); only
+        // a miss reads every machine, to say which constraint ruled out how many.
+        let narrowed = MachineQuery {
+            statuses: vec![MachineStatus::Ready],
+            tags: constraints.tags.clone(),
+            ..Default::default()
+        };
         for _ in 0..5 {
-            let all = self.store().list_machines(&MachineQuery::default()).await?;
-            let pick = constraints.select(&all)?.system_id.to_string();
+            let candidates = self.store().list_machines(&narrowed).await?;
+            let pick = match constraints.select(&candidates) {
+                Ok(m) => m.system_id.to_string(),
+                Err(_) => {
+                    let all = self.store().list_machines(&MachineQuery::default()).await?;
+                    constraints.select(&all)?.system_id.to_string()
+                }
+            };
             match self
                 .transition(
                     actor,
