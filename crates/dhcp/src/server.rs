@@ -355,14 +355,18 @@ impl Server {
                 .iter()
                 .flat_map(|r| (u32::from(*r.start())..=u32::from(*r.end())).map(Ipv4Addr::from))
         };
-        if let Some(ip) = candidates()
-            .find(|ip| !self.slots.contains_key(ip) && !subnet.excluded(*ip, self.config.server_id))
-        {
+        // Never-used first: addresses others held stay theirs to come back to.
+        let hinted: std::collections::HashSet<Ipv4Addr> = self.last_ip.values().copied().collect();
+        if let Some(ip) = candidates().find(|ip| {
+            !self.slots.contains_key(ip)
+                && !hinted.contains(ip)
+                && !subnet.excluded(*ip, self.config.server_id)
+        }) {
             return Some(ip);
         }
         candidates()
             .filter(|ip| self.dynamic_ok(subnet, mac, *ip, now))
-            .min_by_key(|ip| self.slots.get(ip).map(|s| s.until))
+            .min_by_key(|ip| (hinted.contains(ip), self.slots.get(ip).map(|s| s.until)))
     }
 
     fn pending_offers(&self, subnet: &SubnetConfig, now: SystemTime) -> u64 {
@@ -760,3 +764,7 @@ impl Server {
 fn log(level: LogLevel, message: String) -> Action {
     Action::Log { level, message }
 }
+
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod tests;
