@@ -141,7 +141,7 @@ fn fname(m: &Message) -> String {
         .to_string()
 }
 
-fn opt<'a>(m: &'a Message, code: OptionCode) -> Option<&'a DhcpOption> {
+fn opt(m: &Message, code: OptionCode) -> Option<&DhcpOption> {
     m.opts().get(code)
 }
 
