@@ -118,4 +118,24 @@ mod tests {
         none.extend_from_slice(&[12, 1, b'a', 255]);
         assert_eq!(decode(&none).unwrap_err(), "no message type");
     }
+
+    /// Why this module exists: dhcproto alone panics on these packets.
+    #[test]
+    #[should_panic(expected = "out of range")]
+    fn dhcproto_alone_panics_on_a_long_hlen() {
+        let mut p = base();
+        p[2] = 200;
+        p.extend_from_slice(&[53, 1, 1, 255]);
+        let m = Message::decode(&mut Decoder::new(&p)).unwrap();
+        let _ = m.chaddr();
+    }
+
+    #[test]
+    #[should_panic(expected = "len == 3")]
+    #[cfg(debug_assertions)]
+    fn dhcproto_alone_asserts_on_a_short_client_nii() {
+        let mut p = base();
+        p.extend_from_slice(&[53, 1, 1, 94, 1, 0, 255]);
+        let _ = Message::decode(&mut Decoder::new(&p));
+    }
 }
