@@ -19,6 +19,8 @@ if ((${#need[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 bash scripts/deps-power.sh
+bash scripts/deps-dhcp.sh
+[ -f scripts/deps-tftp.sh ] && bash scripts/deps-tftp.sh
 
 step "postgresql"
 KUMO_TEST_PG_URL=$(bash scripts/pg-test-server.sh start)

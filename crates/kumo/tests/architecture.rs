@@ -11,6 +11,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("kumo-model", &[]),
     // Edges: talk to the outside world, know nothing of the region.
     ("kumo-power", &[]),
+    // Protocol cores with their thin socket shells.
+    ("kumo-dhcp", &[]),
+    ("kumo-tftp", &[]),
     ("kumo-store", &["kumo-model"]),
     // Services.
     ("kumo-region", &["kumo-model", "kumo-store", "kumo-power"]),
