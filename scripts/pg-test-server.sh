@@ -4,14 +4,25 @@
 # URL that tests read from KUMO_TEST_PG_URL. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-port=${KUMO_PG_PORT:-55432}
 dir=$PWD/.cache/pg
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# The port this checkout's cluster uses is remembered, so start is idempotent
+# and two checkouts on one machine do not collide.
+if [ -n "${KUMO_PG_PORT:-}" ]; then
+  port=$KUMO_PG_PORT
+elif [ -f "$dir/port" ]; then
+  port=$(cat "$dir/port")
+else
+  port=55432
+  while port_in_use "$port"; do port=$((port + 1)); done
+fi
 bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
 [ -n "$bin" ] || { echo "pg-test-server: PostgreSQL is not installed (apt-get install postgresql)" >&2; exit 1; }
 as_pg() { runuser -u postgres -- "$@"; }
 case "${1:-start}" in
   start)
     mkdir -p "$dir"
+    echo "$port" > "$dir/port"
     chown postgres:postgres "$dir"
     if [ ! -f "$dir/data/PG_VERSION" ]; then
       as_pg "$bin/initdb" -D "$dir/data" -A trust -U postgres >/dev/null
