@@ -43,7 +43,7 @@ pub struct Negotiated {
 /// Accepts the options the server understands, with values in range, and
 /// ignores the rest (RFC 2347 lets a server ignore any option). Option names
 /// are case-insensitive; the OACK uses lowercase names. A repeated option is
-/// taken once, first wins.
+/// granted once: the first valid occurrence wins.
 pub fn negotiate(options: &[(String, String)], file_size: u64, limits: &Limits) -> Negotiated {
     let mut n = Negotiated {
         blksize: 512,
@@ -73,8 +73,9 @@ pub fn negotiate(options: &[(String, String)], file_size: u64, limits: &Limits) 
                 v.to_string()
             }
             // For a read request the client sends 0 and the server answers
-            // the size (RFC 2349).
-            ("tsize", Some(_)) => file_size.to_string(),
+            // the size (RFC 2349). The value is not checked: atftp sends
+            // "enable".
+            ("tsize", _) => file_size.to_string(),
             _ => continue,
         };
         n.oack.push((name, granted));
@@ -151,7 +152,6 @@ mod tests {
                 ("windowsize", "70000"),
                 ("timeout", "0"),
                 ("timeout", "256"),
-                ("tsize", "x"),
                 ("blksize", "-1"),
             ]),
             9,
@@ -159,6 +159,12 @@ mod tests {
         );
         assert!(n.oack.is_empty(), "{:?}", n.oack);
         assert_eq!((n.blksize, n.windowsize), (512, 1));
+    }
+
+    #[test]
+    fn tsize_is_answered_whatever_the_client_sent() {
+        let n = negotiate(&opts(&[("tsize", "enable")]), 42, &Limits::default());
+        assert_eq!(n.oack, opts(&[("tsize", "42")]));
     }
 
     #[test]
