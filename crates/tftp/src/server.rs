@@ -1,6 +1,6 @@
 //! The tokio shell: sockets, files and timers around the pure core.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
 use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
 
 use crate::options::Limits;
 use crate::packet::{encode_error, error_code};
@@ -99,8 +100,9 @@ struct Shared {
     resolver: Arc<dyn FileResolver>,
     limits: Limits,
     counters: Arc<Counters>,
-    /// Client TIDs with a transfer in progress.
-    active: Mutex<HashSet<SocketAddr>>,
+    /// Client TIDs with a task serving them, and how to hand that task a
+    /// further request from the same TID.
+    active: Mutex<HashMap<SocketAddr, mpsc::Sender<ReadRequest>>>,
 }
 
 impl Server {
@@ -170,60 +172,130 @@ impl Server {
                     });
                 }
                 Incoming::Read(req) => {
-                    if !self.shared.active.lock().unwrap().insert(peer) {
-                        Counters::inc(&counters.duplicate_requests);
+                    let mut active = self.shared.active.lock().unwrap();
+                    if let Some(tx) = active.get(&peer) {
+                        // The peer's task decides: its client's retransmitted
+                        // RRQ, or a new request after the transfer ended.
+                        if tx.try_send(req).is_err() {
+                            Counters::inc(&counters.duplicate_requests);
+                        }
                         continue;
                     }
-                    Counters::inc(&counters.requests);
+                    let (tx, rx) = mpsc::channel(4);
+                    active.insert(peer, tx);
+                    drop(active);
                     let shared = self.shared.clone();
                     let local_ip = self.local.ip();
-                    tokio::spawn(async move {
-                        let _guard = ActiveGuard {
-                            shared: shared.clone(),
-                            peer,
-                        };
-                        serve_transfer(shared, local_ip, peer, req).await;
-                    });
+                    tokio::spawn(serve_peer(shared, local_ip, peer, req, rx));
                 }
             }
         }
     }
 }
 
+/// Removes the peer from the active map if its task panics or is dropped.
 struct ActiveGuard {
     shared: Arc<Shared>,
     peer: SocketAddr,
+    armed: bool,
 }
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.shared.active.lock().unwrap().remove(&self.peer);
+        if self.armed {
+            self.shared.active.lock().unwrap().remove(&self.peer);
+        }
     }
 }
 
-async fn serve_transfer(shared: Arc<Shared>, local_ip: IpAddr, peer: SocketAddr, req: ReadRequest) {
+/// Serves one client TID: its request, and any later request from the same
+/// TID that arrives once a transfer has ended (UEFI asks again after its
+/// tsize probe, tftp-hpa reuses its port for several gets).
+async fn serve_peer(
+    shared: Arc<Shared>,
+    local_ip: IpAddr,
+    peer: SocketAddr,
+    req: ReadRequest,
+    mut rx: mpsc::Receiver<ReadRequest>,
+) {
+    let mut guard = ActiveGuard {
+        shared: shared.clone(),
+        peer,
+        armed: true,
+    };
+    let mut next = Some(req);
+    while let Some(req) = next.take() {
+        Counters::inc(&shared.counters.requests);
+        let (result, pending) = serve_transfer(&shared, local_ip, peer, &req, &mut rx).await;
+        next = pending;
+        if next.is_none() {
+            // Leave the map under its lock, so a request the listener queued
+            // before that is still served, and later ones start a new task.
+            let mut active = shared.active.lock().unwrap();
+            next = rx.try_recv().ok();
+            if next.is_none() {
+                active.remove(&peer);
+                guard.armed = false;
+            }
+        }
+        record(&shared.counters, peer, &req, result);
+    }
+}
+
+enum Ended {
+    Outcome(Outcome),
+    Refused(TftpError),
+}
+
+fn record(counters: &Counters, peer: SocketAddr, req: &ReadRequest, ended: Ended) {
+    match ended {
+        Ended::Refused(e) => {
+            counters.count_refusal(&e);
+            tracing::info!(%peer, error = %e, "refused request");
+        }
+        Ended::Outcome(Outcome::Complete { bytes }) => {
+            Counters::inc(&counters.transfers_completed);
+            counters.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+            tracing::info!(%peer, path = %req.raw_path, bytes, "transfer complete");
+        }
+        Ended::Outcome(Outcome::Declined { code, message }) => {
+            Counters::inc(&counters.transfers_declined);
+            tracing::debug!(%peer, path = %req.raw_path, code, %message, "client ended the transfer after the option acknowledgement");
+        }
+        Ended::Outcome(Outcome::Failed(e)) => {
+            Counters::inc(&counters.transfers_failed);
+            tracing::warn!(%peer, error = %e, "transfer failed");
+        }
+    }
+}
+
+/// Runs one transfer to its end. Also returns a request from the same peer
+/// that arrived when this transfer had already ended.
+async fn serve_transfer(
+    shared: &Shared,
+    local_ip: IpAddr,
+    peer: SocketAddr,
+    req: &ReadRequest,
+    rx: &mut mpsc::Receiver<ReadRequest>,
+) -> (Ended, Option<ReadRequest>) {
     let counters = &shared.counters;
     let bind = SocketAddr::new(local_ip, 0);
     let socket = match UdpSocket::bind(bind).await {
         Ok(s) => s,
         Err(source) => {
-            Counters::inc(&counters.transfers_failed);
             let e = TftpError::Socket { addr: bind, source };
-            tracing::warn!(%peer, error = %e, "cannot open a transfer socket");
-            return;
+            return (Ended::Outcome(Outcome::Failed(e)), None);
         }
     };
     let file = match shared.resolver.open(&req.path, peer).await {
         Ok(f) => f,
         Err(e) => {
-            counters.count_refusal(&e);
-            tracing::info!(%peer, error = %e, "refused request");
             let _ = socket.send_to(&e.to_packet(), peer).await;
-            return;
+            return (Ended::Refused(e), None);
         }
     };
     let mut reader = BufReader::with_capacity(128 * 1024, file.reader);
-    let (mut transfer, actions) = Transfer::start(&req, file.len, &shared.limits, Instant::now());
+    let (mut transfer, actions) = Transfer::start(req, file.len, &shared.limits, Instant::now());
     tracing::debug!(
         %peer,
         path = %req.raw_path,
@@ -235,6 +307,7 @@ async fn serve_transfer(shared: Arc<Shared>, local_ip: IpAddr, peer: SocketAddr,
     let mut queue: VecDeque<Action> = actions.into();
     let mut buf = vec![0u8; 2048];
     let mut retransmitted = 0;
+    let mut pending = None;
     let outcome = 'transfer: loop {
         while let Some(action) = queue.pop_front() {
             match action {
@@ -265,20 +338,20 @@ async fn serve_transfer(shared: Arc<Shared>, local_ip: IpAddr, peer: SocketAddr,
         };
         tokio::select! {
             r = socket.recv_from(&mut buf) => {
-                let Ok((n, from)) = r else { continue };
-                if from != peer {
-                    Counters::inc(&counters.unknown_tid);
-                    let _ = socket
-                        .send_to(&encode_error(error_code::UNKNOWN_TID, "unknown transfer id"), from)
-                        .await;
-                    continue;
+                if let Ok((n, from)) = r {
+                    on_datagram(counters, &socket, &mut transfer, peer, from, &buf[..n], &mut queue).await;
                 }
-                match transfer.on_packet(Instant::now(), &buf[..n]) {
-                    Ok(actions) => queue.extend(actions),
-                    Err(e) => {
-                        counters.count_drop(&e);
-                        tracing::debug!(%peer, error = %e, "dropped datagram");
-                    }
+            }
+            Some(again) = rx.recv() => {
+                // Packets the client sent before this RRQ (its last ACK, or
+                // the ERROR ending a tsize probe) decide what it is.
+                while let Ok((n, from)) = socket.try_recv_from(&mut buf) {
+                    on_datagram(counters, &socket, &mut transfer, peer, from, &buf[..n], &mut queue).await;
+                }
+                if transfer.is_finished() {
+                    pending = Some(again);
+                } else {
+                    Counters::inc(&counters.duplicate_requests);
                 }
             }
             () = sleep => queue.extend(transfer.on_timeout(Instant::now())),
@@ -292,19 +365,29 @@ async fn serve_transfer(shared: Arc<Shared>, local_ip: IpAddr, peer: SocketAddr,
     counters
         .retransmits
         .fetch_add(transfer.retransmitted() - retransmitted, Ordering::Relaxed);
-    match outcome {
-        Outcome::Complete { bytes } => {
-            Counters::inc(&counters.transfers_completed);
-            counters.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
-            tracing::info!(%peer, path = %req.raw_path, bytes, "transfer complete");
-        }
-        Outcome::Declined { code, message } => {
-            Counters::inc(&counters.transfers_declined);
-            tracing::debug!(%peer, path = %req.raw_path, code, %message, "client ended the transfer after the option acknowledgement");
-        }
-        Outcome::Failed(e) => {
-            Counters::inc(&counters.transfers_failed);
-            tracing::warn!(%peer, error = %e, "transfer failed");
+    (Ended::Outcome(outcome), pending)
+}
+
+async fn on_datagram(
+    counters: &Counters,
+    socket: &UdpSocket,
+    transfer: &mut Transfer,
+    peer: SocketAddr,
+    from: SocketAddr,
+    bytes: &[u8],
+    queue: &mut VecDeque<Action>,
+) {
+    if from != peer {
+        Counters::inc(&counters.unknown_tid);
+        let error = encode_error(error_code::UNKNOWN_TID, "unknown transfer id");
+        let _ = socket.send_to(&error, from).await;
+        return;
+    }
+    match transfer.on_packet(Instant::now(), bytes) {
+        Ok(actions) => queue.extend(actions),
+        Err(e) => {
+            counters.count_drop(&e);
+            tracing::debug!(%peer, error = %e, "dropped datagram");
         }
     }
 }

@@ -19,9 +19,49 @@ async fn tftp_hpa_downloads_a_multi_megabyte_file() {
     let (o, text) = tftp_hpa_get(server.port, "binary", "images/kernel", &local).await;
     assert!(o.status.success(), "{text}");
     assert_eq!(sha256_file(&local), sum, "{text}");
-    let c = server.counters.snapshot();
-    assert_eq!(c.transfers_completed, 1, "{c:?}");
+    let c = counters_until(&server.counters, |c| c.transfers_completed == 1).await;
     assert_eq!(c.bytes_sent, (5 * MIB + 123) as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tftp_hpa_gets_several_files_in_one_session() {
+    // One client socket (one TID) for several transfers in a row.
+    let server = TestServer::start().await;
+    let sums: Vec<String> = (0..3)
+        .map(|i| server.add_file(&format!("part{i}"), 20_000 + i, 20 + i as u64))
+        .collect();
+    let out = tempfile::tempdir().unwrap();
+    let port = server.port.to_string();
+    let output = tokio::process::Command::new(tftp_hpa())
+        .args([
+            "-m",
+            "binary",
+            "127.0.0.1",
+            &port,
+            "-c",
+            "get",
+            "part0",
+            "part1",
+            "part2",
+        ])
+        .current_dir(out.path())
+        .kill_on_drop(true)
+        .output();
+    let o = tokio::time::timeout(Duration::from_secs(120), output)
+        .await
+        .expect("tftp finishes")
+        .unwrap();
+    let text = format!("{o:?}");
+    assert!(o.status.success(), "{text}");
+    for (i, sum) in sums.iter().enumerate() {
+        assert_eq!(
+            &sha256_file(&out.path().join(format!("part{i}"))),
+            sum,
+            "{text}"
+        );
+    }
+    let c = counters_until(&server.counters, |c| c.transfers_completed == 3).await;
+    assert_eq!(c.duplicate_requests, 0, "{c:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,7 +108,7 @@ async fn tftp_hpa_missing_file_is_file_not_found() {
     let local = out.path().join("x");
     let (_, text) = tftp_hpa_get(server.port, "binary", "no/such/file", &local).await;
     assert!(text.contains("Error code 1: file not found"), "{text}");
-    assert_eq!(server.counters.snapshot().not_found, 1);
+    counters_until(&server.counters, |c| c.not_found == 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,8 +151,7 @@ async fn tftp_hpa_path_traversal_is_an_access_violation() {
     let (o, text) = tftp_hpa_get(server.port, "binary", "alias", &local).await;
     assert!(o.status.success(), "{text}");
     assert_eq!(sha256_file(&local), sum);
-    let c = server.counters.snapshot();
-    assert_eq!(c.access_violations, 6, "{c:?}");
+    counters_until(&server.counters, |c| c.access_violations == 6).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,7 +178,7 @@ async fn tftp_hpa_put_is_refused_as_read_only() {
     .await;
     assert!(text.contains("Error code 2: read-only server"), "{text}");
     assert!(!server.path("upload").exists());
-    assert_eq!(server.counters.snapshot().write_refused, 1);
+    counters_until(&server.counters, |c| c.write_refused == 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,8 +214,7 @@ async fn twenty_parallel_downloads_are_all_correct() {
         let (sum, text) = t.await.unwrap();
         assert_eq!(sum, sums[i], "f{i}: {text}");
     }
-    let c = server.counters.snapshot();
-    assert_eq!(c.transfers_completed, 20, "{c:?}");
+    let c = counters_until(&server.counters, |c| c.transfers_completed == 20).await;
     assert_eq!(c.transfers_failed, 0, "{c:?}");
 }
 

@@ -7,7 +7,7 @@ use std::process::Output;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kumo_tftp::{Counters, DirResolver, FileResolver, Limits, Server};
+use kumo_tftp::{CounterSnapshot, Counters, DirResolver, FileResolver, Limits, Server};
 use sha2::{Digest, Sha256};
 
 /// Fails the test (never skips it) when a client is missing.
@@ -184,4 +184,23 @@ pub async fn atftp_get(
     args.push("127.0.0.1");
     args.push(&port);
     run(&atftp(), &args, Duration::from_secs(300)).await
+}
+
+/// Waits until `pred` holds for the counters (they are updated by the
+/// server's tasks after the packets the test sees).
+pub async fn counters_until(
+    counters: &Counters,
+    pred: impl Fn(&CounterSnapshot) -> bool,
+) -> CounterSnapshot {
+    for _ in 0..3000 {
+        let c = counters.snapshot();
+        if pred(&c) {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "counters never reached the expected state: {:?}",
+        counters.snapshot()
+    );
 }
