@@ -40,6 +40,8 @@ counters! {
     requests,
     /// RRQs from a client TID that already has a transfer (its retransmitted RRQ).
     duplicate_requests,
+    /// Transfers in progress now (a gauge, not a total).
+    transfers_active,
     transfers_completed,
     /// Transfers the client ended right after the OACK with error 0 or 8
     /// (UEFI's tsize probe).
@@ -138,8 +140,13 @@ impl Server {
         self.shared.counters.clone()
     }
 
-    /// Serves until the task is dropped or the socket fails. Each transfer
-    /// runs in its own task on a new ephemeral socket (its TID).
+    /// Serves until the future is dropped or the socket fails. Each client
+    /// TID is served by its own task on a new ephemeral socket (the server's
+    /// TID for that transfer); transfers under way when this future is
+    /// dropped run to their end. The ephemeral sockets bind the listening
+    /// address's IP, so a server bound to `0.0.0.0` answers from the address
+    /// the kernel routes by, which is right unless the host is multi-homed
+    /// on one subnet.
     pub async fn run(self) -> Result<(), TftpError> {
         let mut buf = vec![0u8; 65536];
         loop {
@@ -294,6 +301,8 @@ async fn serve_transfer(
             return (Ended::Refused(e), None);
         }
     };
+    counters.transfers_active.fetch_add(1, Ordering::Relaxed);
+    let _active = DecOnDrop(&counters.transfers_active);
     let mut reader = BufReader::with_capacity(128 * 1024, file.reader);
     let (mut transfer, actions) = Transfer::start(req, file.len, &shared.limits, Instant::now());
     tracing::debug!(
@@ -389,6 +398,14 @@ async fn on_datagram(
             counters.count_drop(&e);
             tracing::debug!(%peer, error = %e, "dropped datagram");
         }
+    }
+}
+
+struct DecOnDrop<'a>(&'a AtomicU64);
+
+impl Drop for DecOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

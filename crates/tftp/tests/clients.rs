@@ -214,7 +214,10 @@ async fn twenty_parallel_downloads_are_all_correct() {
         let (sum, text) = t.await.unwrap();
         assert_eq!(sum, sums[i], "f{i}: {text}");
     }
-    let c = counters_until(&server.counters, |c| c.transfers_completed == 20).await;
+    let c = counters_until(&server.counters, |c| {
+        c.transfers_completed == 20 && c.transfers_active == 0
+    })
+    .await;
     assert_eq!(c.transfers_failed, 0, "{c:?}");
 }
 

@@ -100,8 +100,20 @@ async fn uefi_tsize_probe_then_download() {
 
     // At once the real download, from the same client port: it must not be
     // mistaken for a retransmission of the probe's RRQ.
-    c.rrq("/EFI/BOOT/BOOTX64.EFI", &[("blksize", "1468")]).await;
-    let (oack, tid) = c.recv().await;
+    // (A 255 s timeout: no retransmission can interleave with the checks.)
+    let probe_tid = tid;
+    c.rrq(
+        "/EFI/BOOT/BOOTX64.EFI",
+        &[("blksize", "1468"), ("timeout", "255")],
+    )
+    .await;
+    let (oack, tid) = loop {
+        // Skip the probe's OACK, should it have been resent meanwhile.
+        let (p, from) = c.recv().await;
+        if from != probe_tid {
+            break (p, from);
+        }
+    };
     assert!(matches!(oack, Packet::Oack { .. }), "{oack:?}");
     c.send(tid, Packet::Ack { block: 0 }).await;
     let mut file = Vec::new();
@@ -130,9 +142,9 @@ async fn uefi_tsize_probe_then_download() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lost_data_is_retransmitted_and_duplicate_acks_are_ignored() {
+async fn lost_data_is_retransmitted() {
     let server = TestServer::start().await;
-    server.add_file("f", 1500, 12);
+    server.add_file("f", 700, 12);
     let c = Client::new(server.port).await;
     c.rrq("f", &[("timeout", "1")]).await;
     let (_, tid) = c.recv().await;
@@ -142,22 +154,42 @@ async fn lost_data_is_retransmitted_and_duplicate_acks_are_ignored() {
     // Pretend DATA 1 was lost: no ACK. The server resends it after 1 s.
     let (again, d1_again, _) = c.recv_data().await;
     assert_eq!((again, &d1_again), (1, &d1));
-    // Both copies acknowledged: the duplicate ACK must not produce a
-    // second DATA 2 (the Sorcerer's Apprentice bug).
+    c.send(tid, Packet::Ack { block: 1 }).await;
+    loop {
+        let (b, _, _) = c.recv_data().await;
+        c.send(tid, Packet::Ack { block: b }).await;
+        if b == 2 {
+            break;
+        }
+    }
+    let s = counters_until(&server.counters, |c| c.transfers_completed == 1).await;
+    assert!(s.retransmits >= 1, "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_acks_do_not_trigger_data() {
+    let server = TestServer::start().await;
+    server.add_file("f", 1500, 12);
+    let c = Client::new(server.port).await;
+    // A 255 s timeout: any repeated DATA here would come from the duplicate
+    // ACK (the Sorcerer's Apprentice bug), not from the timer.
+    c.rrq("f", &[("timeout", "255")]).await;
+    let (_, tid) = c.recv().await;
+    c.send(tid, Packet::Ack { block: 0 }).await;
+    assert_eq!(c.recv_data().await.0, 1);
     c.send(tid, Packet::Ack { block: 1 }).await;
     c.send(tid, Packet::Ack { block: 1 }).await;
-    let (b2, _, _) = c.recv_data().await;
-    assert_eq!(b2, 2);
+    assert_eq!(c.recv_data().await.0, 2);
     c.send(tid, Packet::Ack { block: 2 }).await;
     let (b3, d3, _) = c.recv_data().await;
     assert_eq!(
         (b3, d3.len()),
         (3, 1500 - 1024),
-        "no duplicate DATA 2 in between"
+        "no second DATA 2 in between"
     );
     c.send(tid, Packet::Ack { block: 3 }).await;
     let s = counters_until(&server.counters, |c| c.transfers_completed == 1).await;
-    assert!(s.retransmits >= 1, "{s:?}");
+    assert_eq!(s.retransmits, 0, "{s:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,12 +197,15 @@ async fn windowed_transfer_recovers_from_a_lost_block() {
     let server = TestServer::start().await;
     let sum = server.add_file("w", 20 * 512 + 7, 13);
     let c = Client::new(server.port).await;
-    c.rrq("w", &[("windowsize", "4")]).await;
+    c.rrq("w", &[("windowsize", "4"), ("timeout", "255")]).await;
     let (oack, tid) = c.recv().await;
     assert_eq!(
         oack,
         Packet::Oack {
-            options: vec![("windowsize".into(), "4".into())]
+            options: vec![
+                ("windowsize".into(), "4".into()),
+                ("timeout".into(), "255".into())
+            ]
         }
     );
     c.send(tid, Packet::Ack { block: 0 }).await;
@@ -260,10 +295,13 @@ async fn garbage_is_dropped_and_counted() {
 
     // The server still serves; garbage on a transfer socket is dropped too,
     // a stray TID gets ERROR 5, and a retransmitted RRQ starts nothing new.
-    c.rrq("f", &[]).await;
-    let (b1, d1, tid) = c.recv_data().await;
+    c.rrq("f", &[("timeout", "255")]).await;
+    let (oack, tid) = c.recv().await;
+    assert!(matches!(oack, Packet::Oack { .. }), "{oack:?}");
+    c.send(tid, Packet::Ack { block: 0 }).await;
+    let (b1, d1, _) = c.recv_data().await;
     assert_eq!(b1, 1);
-    c.rrq("f", &[]).await;
+    c.rrq("f", &[("timeout", "255")]).await;
     c.sock.send_to(b"\x00\x04", tid).await.unwrap();
     let stranger = Client::new(server.port).await;
     stranger.send(tid, Packet::Ack { block: 1 }).await;
