@@ -13,6 +13,7 @@ pub mod ids;
 pub mod inventory;
 pub mod lifecycle;
 pub mod machine;
+pub mod network;
 pub mod tags;
 
 pub use error::ModelError;
