@@ -1138,6 +1138,202 @@ impl Store {
     }
 }
 
+/// A static address held by a machine's interface.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StaticIp {
+    pub ip: String,
+    pub subnet: String,
+    pub system_id: String,
+    pub mac: String,
+}
+
+impl Store {
+    // ---- network objects ------------------------------------------------
+    //
+    // Fabrics, VLANs, subnets, ranges, domains and records are few and
+    // change rarely; each is one JSON document keyed by (kind, key). The
+    // region validates them against each other before writing.
+
+    /// Stores a network object; `create` refuses to replace an existing one.
+    pub async fn put_network_object(
+        &self,
+        kind: &'static str,
+        key: &str,
+        body: &serde_json::Value,
+        create: bool,
+    ) -> Result<(), StoreError> {
+        let text = body.to_string();
+        if create {
+            let res = q("INSERT INTO network_objects (kind, key, body) VALUES ($1, $2, $3)")
+                .bind(kind)
+                .bind(key.to_owned())
+                .bind(text)
+                .execute(&self.pool)
+                .await;
+            return match res {
+                Err(e) if is_unique_violation(&e) => Err(StoreError::Duplicate {
+                    what: kind,
+                    value: key.to_owned(),
+                }),
+                r => r.map(|_| ()).map_err(Into::into),
+            };
+        }
+        let res = q("UPDATE network_objects SET body = $1 WHERE kind = $2 AND key = $3")
+            .bind(text)
+            .bind(kind)
+            .bind(key.to_owned())
+            .execute(&self.pool)
+            .await?;
+        if res.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                what: kind,
+                id: key.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    pub async fn get_network_object(
+        &self,
+        kind: &'static str,
+        key: &str,
+    ) -> Result<serde_json::Value, StoreError> {
+        let row = q("SELECT body FROM network_objects WHERE kind = $1 AND key = $2")
+            .bind(kind)
+            .bind(key.to_owned())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                what: kind,
+                id: key.to_owned(),
+            })?;
+        let body: String = row.get(0);
+        serde_json::from_str(&body).map_err(|source| StoreError::Corrupt {
+            what: kind,
+            id: key.to_owned(),
+            source,
+        })
+    }
+
+    pub async fn list_network_objects(
+        &self,
+        kind: &'static str,
+    ) -> Result<Vec<serde_json::Value>, StoreError> {
+        let rows = q("SELECT key, body FROM network_objects WHERE kind = $1 ORDER BY key")
+            .bind(kind)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let body: String = r.get(1);
+                serde_json::from_str(&body).map_err(|source| StoreError::Corrupt {
+                    what: kind,
+                    id: r.get(0),
+                    source,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn delete_network_object(
+        &self,
+        kind: &'static str,
+        key: &str,
+    ) -> Result<(), StoreError> {
+        let res = q("DELETE FROM network_objects WHERE kind = $1 AND key = $2")
+            .bind(kind)
+            .bind(key.to_owned())
+            .execute(&self.pool)
+            .await?;
+        if res.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                what: kind,
+                id: key.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    // ---- static addresses -------------------------------------------------
+
+    /// Records a static address; an address held by anyone is refused.
+    pub async fn add_static_ip(&self, s: &StaticIp, now: Millis) -> Result<(), StoreError> {
+        let res = q("INSERT INTO static_ips (ip, subnet, system_id, mac, created_at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(s.ip.clone())
+            .bind(s.subnet.clone())
+            .bind(s.system_id.clone())
+            .bind(s.mac.clone())
+            .bind(now)
+            .execute(&self.pool)
+            .await;
+        match res {
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Duplicate {
+                what: "ip",
+                value: s.ip.clone(),
+            }),
+            r => r.map(|_| ()).map_err(Into::into),
+        }
+    }
+
+    /// Static addresses, of one subnet or all.
+    pub async fn static_ips(&self, subnet: Option<&str>) -> Result<Vec<StaticIp>, StoreError> {
+        let rows = match subnet {
+            Some(sn) => q(
+                "SELECT ip, subnet, system_id, mac FROM static_ips WHERE subnet = $1 ORDER BY ip",
+            )
+            .bind(sn.to_owned())
+            .fetch_all(&self.pool)
+            .await?,
+            None => {
+                q("SELECT ip, subnet, system_id, mac FROM static_ips ORDER BY ip")
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        Ok(rows
+            .iter()
+            .map(|r| StaticIp {
+                ip: r.get(0),
+                subnet: r.get(1),
+                system_id: r.get(2),
+                mac: r.get(3),
+            })
+            .collect())
+    }
+
+    pub async fn machine_static_ips(&self, system_id: &str) -> Result<Vec<StaticIp>, StoreError> {
+        let rows = q(
+            "SELECT ip, subnet, system_id, mac FROM static_ips WHERE system_id = $1 ORDER BY ip",
+        )
+        .bind(system_id.to_owned())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| StaticIp {
+                ip: r.get(0),
+                subnet: r.get(1),
+                system_id: r.get(2),
+                mac: r.get(3),
+            })
+            .collect())
+    }
+
+    pub async fn remove_static_ip(&self, ip: &str) -> Result<(), StoreError> {
+        let res = q("DELETE FROM static_ips WHERE ip = $1")
+            .bind(ip.to_owned())
+            .execute(&self.pool)
+            .await?;
+        if res.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                what: "ip",
+                id: ip.to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GroupKind {
     Zone,

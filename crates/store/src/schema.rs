@@ -2,10 +2,11 @@
 //! engine's auto-increment key, the only DDL difference kumo needs.
 //! Migrations are append-only: never edit one that has shipped.
 
-pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "initial region schema",
-    r#"
+pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "initial region schema",
+        r#"
 CREATE TABLE machines (
     system_id TEXT PRIMARY KEY,
     hostname TEXT NOT NULL UNIQUE,
@@ -82,4 +83,26 @@ CREATE TABLE power_jobs (
     created_at BIGINT NOT NULL
 );
 "#,
-)];
+    ),
+    (
+        2,
+        "network model and static addresses",
+        r#"
+CREATE TABLE network_objects (
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (kind, key)
+);
+CREATE TABLE static_ips (
+    ip TEXT PRIMARY KEY,
+    subnet TEXT NOT NULL,
+    system_id TEXT NOT NULL REFERENCES machines (system_id) ON DELETE CASCADE,
+    mac TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE INDEX static_ips_machine ON static_ips (system_id);
+CREATE INDEX static_ips_subnet ON static_ips (subnet);
+"#,
+    ),
+];

@@ -412,3 +412,94 @@ async fn unknown_url_scheme_is_rejected() {
     let e = Store::open("mysql://x").await.unwrap_err();
     assert!(e.to_string().contains("mysql://x"), "{e}");
 }
+
+mod network {
+    use super::machine;
+    use kumo_store::{StaticIp, Store, StoreError};
+    use serde_json::json;
+
+    async fn objects_and_static_ips(s: Store) {
+        s.put_network_object(
+            "subnet",
+            "10.0.0.0/24",
+            &json!({"cidr": "10.0.0.0/24", "vid": 0}),
+            true,
+        )
+        .await
+        .unwrap();
+        let e = s
+            .put_network_object("subnet", "10.0.0.0/24", &json!({}), true)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, StoreError::Duplicate { what: "subnet", .. }),
+            "{e}"
+        );
+        s.put_network_object(
+            "subnet",
+            "10.0.0.0/24",
+            &json!({"cidr": "10.0.0.0/24", "vid": 5}),
+            false,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            s.get_network_object("subnet", "10.0.0.0/24").await.unwrap()["vid"],
+            5
+        );
+        assert!(matches!(
+            s.put_network_object("subnet", "10.9.0.0/24", &json!({}), false)
+                .await,
+            Err(StoreError::NotFound { .. })
+        ));
+        assert_eq!(s.list_network_objects("subnet").await.unwrap().len(), 1);
+        assert!(s.list_network_objects("fabric").await.unwrap().is_empty());
+
+        let m = machine([1; 6], "node-a", "52:54:00:00:00:01");
+        s.insert_machine(&m, "", None).await.unwrap();
+        let ip = StaticIp {
+            ip: "10.0.0.5".into(),
+            subnet: "10.0.0.0/24".into(),
+            system_id: m.system_id.to_string(),
+            mac: "52:54:00:00:00:01".into(),
+        };
+        s.add_static_ip(&ip, 1).await.unwrap();
+        let e = s.add_static_ip(&ip, 2).await.unwrap_err();
+        assert!(matches!(e, StoreError::Duplicate { what: "ip", .. }), "{e}");
+        assert_eq!(
+            s.static_ips(Some("10.0.0.0/24")).await.unwrap(),
+            vec![ip.clone()]
+        );
+        assert_eq!(
+            s.machine_static_ips(m.system_id.as_str())
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        // Deleting the machine frees its addresses.
+        s.delete_machine(m.system_id.as_str(), 3, None)
+            .await
+            .unwrap();
+        assert!(s.static_ips(None).await.unwrap().is_empty());
+        s.delete_network_object("subnet", "10.0.0.0/24")
+            .await
+            .unwrap();
+        assert!(matches!(
+            s.get_network_object("subnet", "10.0.0.0/24").await,
+            Err(StoreError::NotFound { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn sqlite_objects_and_static_ips() {
+        let (s, _dir) = kumo_store::testing::sqlite().await;
+        objects_and_static_ips(s).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_objects_and_static_ips() {
+        let (s, _url) = kumo_store::testing::postgres().await;
+        objects_and_static_ips(s).await;
+    }
+}
