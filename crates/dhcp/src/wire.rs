@@ -16,11 +16,11 @@ const MAGIC: [u8; 4] = [99, 130, 83, 99];
 /// The options the server reads, with their allowed lengths.
 fn allowed_len(code: u8, len: usize) -> bool {
     match code {
-        53 => len == 1,                     // message type
-        50 | 51 | 54 => len == 4,           // requested ip, lease time, server id
-        57 => len == 2,                     // max message size
-        93 => len >= 2 && len % 2 == 0,     // client architecture list
-        12 | 55 | 60 | 61 | 77 => len >= 1, // hostname, prl, class, client id, user class
+        53 => len == 1,                          // message type
+        50 | 51 | 54 => len == 4,                // requested ip, lease time, server id
+        57 => len == 2,                          // max message size
+        93 => len >= 2 && len.is_multiple_of(2), // client architecture list
+        12 | 55 | 60 | 61 | 77 => len >= 1,      // hostname, prl, class, client id, user class
         _ => false,
     }
 }

@@ -294,10 +294,12 @@ mod tests {
             end: ip("10.0.0.210"),
             comment: String::new(),
         };
-        assert!(check_range(&c, None, &overlapping, &[dynamic.clone()])
-            .unwrap_err()
-            .to_string()
-            .contains("overlaps the dynamic range"));
+        assert!(
+            check_range(&c, None, &overlapping, std::slice::from_ref(&dynamic))
+                .unwrap_err()
+                .to_string()
+                .contains("overlaps the dynamic range")
+        );
         let outside = IpRange {
             kind: RangeKind::Dynamic,
             start: ip("10.0.0.200"),
@@ -390,5 +392,199 @@ mod tests {
         fn cidr_parser_never_panics(s in ".{0,24}") {
             let _ = s.parse::<Cidr>();
         }
+    }
+}
+
+/// A layer-2 domain: VLANs on one fabric can reach each other's switches.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fabric {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vlan {
+    pub fabric: String,
+    /// 0 is the untagged VLAN.
+    pub vid: u16,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default = "default_mtu")]
+    pub mtu: u32,
+    /// Whether kumo's racks serve DHCP (and PXE) on this VLAN.
+    #[serde(default)]
+    pub dhcp_on: bool,
+}
+
+fn default_mtu() -> u32 {
+    1500
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subnet {
+    pub cidr: Cidr,
+    pub fabric: String,
+    #[serde(default)]
+    pub vid: u16,
+    #[serde(default)]
+    pub gateway: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub dns_servers: Vec<Ipv4Addr>,
+    /// The DNS domain machines on this subnet are named in.
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// Managed subnets get kumo's DHCP and IPAM; unmanaged ones are only recorded.
+    #[serde(default = "yes")]
+    pub managed: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// An IP range as stored: the range and the subnet it belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubnetRange {
+    pub subnet: Cidr,
+    #[serde(flatten)]
+    pub range: IpRange,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Domain {
+    pub name: String,
+    #[serde(default = "default_ttl")]
+    pub ttl: u32,
+    #[serde(default = "yes")]
+    pub authoritative: bool,
+}
+
+fn default_ttl() -> u32 {
+    300
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsRecord {
+    pub domain: String,
+    /// The label inside the domain; `@` is the domain itself.
+    pub name: String,
+    /// A, CNAME, TXT, MX or SRV.
+    pub rtype: String,
+    pub data: String,
+    #[serde(default)]
+    pub ttl: Option<u32>,
+}
+
+/// Ties a machine's interface to a subnet with a static address; without
+/// `ip`, the lowest free one is chosen.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkRequest {
+    pub mac: String,
+    pub subnet: String,
+    #[serde(default)]
+    pub ip: Option<String>,
+}
+
+/// Everything a rack needs to serve DHCP and DNS, derived from the model.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RackConfig {
+    pub subnets: Vec<RackSubnet>,
+    pub domains: Vec<Domain>,
+    /// Forward and reverse names: (fully qualified name, address).
+    pub hosts: Vec<(String, Ipv4Addr)>,
+    pub records: Vec<DnsRecord>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RackSubnet {
+    pub cidr: Cidr,
+    pub gateway: Option<Ipv4Addr>,
+    pub dns_servers: Vec<Ipv4Addr>,
+    pub domain: Option<String>,
+    pub mtu: u32,
+    pub dynamic_ranges: Vec<IpRange>,
+    pub reserved_ranges: Vec<IpRange>,
+    /// Known machines: their MAC, static address and host name.
+    pub hosts: Vec<RackHost>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RackHost {
+    pub mac: String,
+    pub ip: Ipv4Addr,
+    pub hostname: String,
+}
+
+/// Checks a DNS label or dotted name (letters, digits, '-', '_' for SRV).
+pub fn check_dns_name(field: &'static str, name: &str) -> Result<(), ModelError> {
+    let bad = |reason: &str| ModelError::field(field, name, reason);
+    if name.is_empty() || name.len() > 253 {
+        return Err(bad("must be 1 to 253 characters"));
+    }
+    for label in name.trim_end_matches('.').split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err(bad("each label must be 1 to 63 characters"));
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(bad("labels may hold only letters, digits, '-' and '_'"));
+        }
+    }
+    Ok(())
+}
+
+impl DnsRecord {
+    pub fn validate(&self) -> Result<(), ModelError> {
+        if self.name != "@" {
+            check_dns_name("name", &self.name)?;
+        }
+        let bad = |reason: &str| ModelError::field("data", self.data.clone(), reason);
+        match self.rtype.as_str() {
+            "A" => {
+                self.data
+                    .parse::<Ipv4Addr>()
+                    .map_err(|_| bad("an A record holds an IPv4 address"))?;
+            }
+            "CNAME" => check_dns_name("data", &self.data)?,
+            "TXT" => {
+                if self.data.len() > 255 {
+                    return Err(bad("a TXT string is at most 255 characters"));
+                }
+            }
+            "MX" => {
+                let (pref, host) = self
+                    .data
+                    .split_once(' ')
+                    .ok_or_else(|| bad("an MX record is \"PREFERENCE HOST\""))?;
+                pref.parse::<u16>()
+                    .map_err(|_| bad("MX preference must be 0 to 65535"))?;
+                check_dns_name("data", host)?;
+            }
+            "SRV" => {
+                let parts: Vec<&str> = self.data.split_whitespace().collect();
+                if parts.len() != 4 || parts[..3].iter().any(|p| p.parse::<u16>().is_err()) {
+                    return Err(bad("an SRV record is \"PRIORITY WEIGHT PORT TARGET\""));
+                }
+                check_dns_name("data", parts[3])?;
+            }
+            other => {
+                return Err(ModelError::field(
+                    "rtype",
+                    other,
+                    "expected A, CNAME, TXT, MX or SRV",
+                ));
+            }
+        }
+        Ok(())
     }
 }

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod clock;
 mod error;
 pub mod metrics;
+mod network;
 pub mod secrets;
 mod workers;
 
