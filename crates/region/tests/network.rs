@@ -1,0 +1,352 @@
+//! The network model and IPAM through the region, on a real store.
+
+use std::sync::Arc;
+
+use kumo_model::api::AddMachine;
+use kumo_model::network::{
+    DnsRecord, Domain, Fabric, IpRange, LinkRequest, RangeKind, Subnet, SubnetRange, Vlan,
+};
+use kumo_region::{Actor, ManualClock, Region, RegionConfig, SecretBox, SeededEntropy};
+
+fn admin() -> Actor {
+    Actor {
+        username: "admin".into(),
+        admin: true,
+    }
+}
+
+async fn region() -> (Region, tempfile::TempDir) {
+    let (store, dir) = kumo_store::testing::sqlite().await;
+    let r = Region::new(
+        store,
+        SecretBox::from_key([3; 32]),
+        Arc::new(ManualClock::new(1_700_000_000_000)),
+        Arc::new(SeededEntropy::new(4)),
+        RegionConfig::default(),
+    );
+    r.ensure_defaults().await.unwrap();
+    (r, dir)
+}
+
+fn subnet(cidr: &str) -> Subnet {
+    let cidr: kumo_model::network::Cidr = cidr.parse().unwrap();
+    Subnet {
+        cidr,
+        fabric: "fabric-0".into(),
+        vid: 0,
+        gateway: Some(cidr.first_host()),
+        dns_servers: vec!["10.20.0.2".parse().unwrap()],
+        domain: Some("maas.test".into()),
+        managed: true,
+    }
+}
+
+fn range(cidr: &str, kind: RangeKind, start: &str, end: &str) -> SubnetRange {
+    SubnetRange {
+        subnet: cidr.parse().unwrap(),
+        range: IpRange {
+            kind,
+            start: start.parse().unwrap(),
+            end: end.parse().unwrap(),
+            comment: String::new(),
+        },
+    }
+}
+
+#[tokio::test]
+async fn subnets_ranges_and_dhcp_as_the_seed_sets_them_up() {
+    let (r, _d) = region().await;
+    let a = admin();
+    r.create_fabric(
+        &a,
+        Fabric {
+            name: "fabric-0".into(),
+            description: String::new(),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        r.vlans().await.unwrap().len(),
+        1,
+        "a fabric comes with its untagged VLAN"
+    );
+    r.create_subnet(&a, subnet("10.20.0.0/24")).await.unwrap();
+
+    // Turning DHCP on needs a dynamic range first, as MAAS insists.
+    let mut v = r.vlan("fabric-0", 0).await.unwrap();
+    v.dhcp_on = true;
+    let e = r.update_vlan(&a, v.clone()).await.unwrap_err();
+    assert_eq!(e.field().as_deref(), Some("dhcp_on"), "{e}");
+    r.create_range(
+        &a,
+        range(
+            "10.20.0.0/24",
+            RangeKind::Dynamic,
+            "10.20.0.100",
+            "10.20.0.199",
+        ),
+    )
+    .await
+    .unwrap();
+    r.create_range(
+        &a,
+        range(
+            "10.20.0.0/24",
+            RangeKind::Reserved,
+            "10.20.0.2",
+            "10.20.0.9",
+        ),
+    )
+    .await
+    .unwrap();
+    r.update_vlan(&a, v).await.unwrap();
+
+    // Bad input names the field.
+    let e = r
+        .create_range(
+            &a,
+            range(
+                "10.20.0.0/24",
+                RangeKind::Dynamic,
+                "10.20.0.150",
+                "10.20.0.250",
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("overlaps the dynamic range"), "{e}");
+    let e = r
+        .create_subnet(&a, subnet("10.20.0.0/25"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.field().as_deref(), Some("cidr"), "{e}");
+    let mut bad = subnet("10.21.0.0/24");
+    bad.vid = 42;
+    assert_eq!(
+        r.create_subnet(&a, bad)
+            .await
+            .unwrap_err()
+            .field()
+            .as_deref(),
+        Some("vid")
+    );
+    let mut bad = subnet("10.22.0.0/24");
+    bad.gateway = Some("10.99.0.1".parse().unwrap());
+    assert_eq!(
+        r.create_subnet(&a, bad)
+            .await
+            .unwrap_err()
+            .field()
+            .as_deref(),
+        Some("gateway")
+    );
+    assert!(r
+        .create_vlan(
+            &a,
+            Vlan {
+                fabric: "fabric-0".into(),
+                vid: 5000,
+                name: String::new(),
+                mtu: 1500,
+                dhcp_on: false
+            }
+        )
+        .await
+        .is_err());
+
+    // Machines get sticky static addresses outside every range.
+    let m = r
+        .add_machine(
+            &a,
+            AddMachine {
+                hostname: "node1".into(),
+                macs: vec!["52:54:00:00:00:01".into()],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let ip = r
+        .link_machine(
+            &a,
+            "node1",
+            LinkRequest {
+                mac: "52:54:00:00:00:01".into(),
+                subnet: "10.20.0.0/24".into(),
+                ip: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        ip.ip, "10.20.0.10",
+        "the first free address after the gateway and the reserved range"
+    );
+    r.add_machine(
+        &a,
+        AddMachine {
+            hostname: "node2".into(),
+            macs: vec!["52:54:00:00:00:02".into()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let e = r
+        .link_machine(
+            &a,
+            "node2",
+            LinkRequest {
+                mac: "52:54:00:00:00:02".into(),
+                subnet: "10.20.0.0/24".into(),
+                ip: Some("10.20.0.150".into()),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("dynamic range"), "{e}");
+    let e = r
+        .link_machine(
+            &a,
+            "node2",
+            LinkRequest {
+                mac: "52:54:00:00:00:02".into(),
+                subnet: "10.20.0.0/24".into(),
+                ip: Some("10.20.0.10".into()),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("already allocated"), "{e}");
+    let e = r
+        .link_machine(
+            &a,
+            "node2",
+            LinkRequest {
+                mac: "52:54:00:00:00:09".into(),
+                subnet: "10.20.0.0/24".into(),
+                ip: None,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.field().as_deref(), Some("mac"));
+    r.link_machine(
+        &a,
+        "node2",
+        LinkRequest {
+            mac: "52:54:00:00:00:02".into(),
+            subnet: "10.20.0.0/24".into(),
+            ip: Some("10.20.0.50".into()),
+        },
+    )
+    .await
+    .unwrap();
+
+    // DNS: a domain with a record; the machines are named in it.
+    r.create_domain(
+        &a,
+        Domain {
+            name: "maas.test".into(),
+            ttl: 300,
+            authoritative: true,
+        },
+    )
+    .await
+    .unwrap();
+    r.create_dns_record(
+        &a,
+        DnsRecord {
+            domain: "maas.test".into(),
+            name: "region".into(),
+            rtype: "A".into(),
+            data: "10.20.0.2".into(),
+            ttl: None,
+        },
+    )
+    .await
+    .unwrap();
+    let e = r
+        .create_dns_record(
+            &a,
+            DnsRecord {
+                domain: "maas.test".into(),
+                name: "region".into(),
+                rtype: "CNAME".into(),
+                data: "node1.maas.test".into(),
+                ttl: None,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("CNAME cannot share"), "{e}");
+    let e = r
+        .create_dns_record(
+            &a,
+            DnsRecord {
+                domain: "maas.test".into(),
+                name: "x".into(),
+                rtype: "A".into(),
+                data: "10.20.0.256".into(),
+                ttl: None,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.field().as_deref(), Some("data"));
+
+    let cfg = r.rack_config().await.unwrap();
+    assert_eq!(cfg.subnets.len(), 1);
+    let s = &cfg.subnets[0];
+    assert_eq!(s.dynamic_ranges.len(), 1);
+    assert_eq!(s.reserved_ranges.len(), 1);
+    let hosts: Vec<(&str, String)> = s
+        .hosts
+        .iter()
+        .map(|h| (h.hostname.as_str(), h.ip.to_string()))
+        .collect();
+    assert_eq!(
+        hosts,
+        [
+            ("node1", "10.20.0.10".to_string()),
+            ("node2", "10.20.0.50".to_string())
+        ]
+    );
+    assert!(cfg
+        .hosts
+        .contains(&("node1.maas.test".to_string(), "10.20.0.10".parse().unwrap())));
+    assert_eq!(cfg.records.len(), 1);
+
+    // Deletes refuse what is still in use, and free what they own.
+    let e = r.delete_subnet(&a, "10.20.0.0/24").await.unwrap_err();
+    assert_eq!(e.code(), "in_use", "{e}");
+    r.unlink_machine(&a, "node2", "10.20.0.50").await.unwrap();
+    r.delete_machine(&a, m.system_id.as_str()).await.unwrap();
+    r.delete_subnet(&a, "10.20.0.0/24").await.unwrap();
+    assert!(r.ranges(None).await.unwrap().is_empty());
+    r.delete_fabric(&a, "fabric-0").await.unwrap();
+    assert!(r.vlans().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn only_admins_change_the_network() {
+    let (r, _d) = region().await;
+    let bob = Actor {
+        username: "bob".into(),
+        admin: false,
+    };
+    assert_eq!(
+        r.create_fabric(
+            &bob,
+            Fabric {
+                name: "f".into(),
+                description: String::new()
+            }
+        )
+        .await
+        .unwrap_err()
+        .code(),
+        "forbidden"
+    );
+}
