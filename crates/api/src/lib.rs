@@ -157,7 +157,39 @@ pub fn router(region: Region) -> Router {
         )
         .route("/users", get(list_users).post(create_user))
         .route("/users/{name}/api-keys", post(create_api_key))
-        .route("/power-types", get(power_types));
+        .route("/power-types", get(power_types))
+        .route("/fabrics", get(list_fabrics).post(create_fabric))
+        .route("/fabrics/{name}", axum::routing::delete(delete_fabric))
+        .route("/vlans", get(list_vlans).post(create_vlan))
+        .route(
+            "/vlans/{fabric}/{vid}",
+            axum::routing::put(update_vlan).delete(delete_vlan),
+        )
+        .route("/subnets", get(list_subnets).post(create_subnet))
+        .route(
+            "/subnets/{network}/{prefix}",
+            get(show_subnet).delete(delete_subnet),
+        )
+        .route("/ipranges", get(list_ranges).post(create_range))
+        .route(
+            "/ipranges/{network}/{prefix}/{start}",
+            axum::routing::delete(delete_range),
+        )
+        .route("/domains", get(list_domains).post(create_domain))
+        .route("/domains/{name}", axum::routing::delete(delete_domain))
+        .route(
+            "/dns-records",
+            get(list_records).post(create_record).delete(delete_record),
+        )
+        .route(
+            "/machines/{id}/addresses",
+            get(machine_addresses).post(link_machine),
+        )
+        .route(
+            "/machines/{id}/addresses/{ip}",
+            axum::routing::delete(unlink_machine),
+        )
+        .route("/rack/config", get(rack_config));
     let metadata = Router::new()
         .route("/instructions", get(instructions))
         .route("/status", post(report_status))
@@ -485,4 +517,201 @@ pub async fn serve(
     axum::serve(listener, router(region))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+// ---- network model ----------------------------------------------------------
+
+use kumo_model::network::{DnsRecord, Domain, Fabric, LinkRequest, Subnet, SubnetRange, Vlan};
+
+async fn list_fabrics(State(r): State<Region>, _u: User) -> ApiResult<impl IntoResponse> {
+    Ok(Json(r.fabrics().await?))
+}
+
+async fn create_fabric(
+    State(r): State<Region>,
+    User(a): User,
+    ApiJson(f): ApiJson<Fabric>,
+) -> ApiResult<impl IntoResponse> {
+    Ok((StatusCode::CREATED, Json(r.create_fabric(&a, f).await?)))
+}
+
+async fn delete_fabric(
+    State(r): State<Region>,
+    User(a): User,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    r.delete_fabric(&a, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_vlans(State(r): State<Region>, _u: User) -> ApiResult<impl IntoResponse> {
+    Ok(Json(r.vlans().await?))
+}
+
+async fn create_vlan(
+    State(r): State<Region>,
+    User(a): User,
+    ApiJson(v): ApiJson<Vlan>,
+) -> ApiResult<impl IntoResponse> {
+    Ok((StatusCode::CREATED, Json(r.create_vlan(&a, v).await?)))
+}
+
+async fn update_vlan(
+    State(r): State<Region>,
+    User(a): User,
+    Path((fabric, vid)): Path<(String, u16)>,
+    ApiJson(mut v): ApiJson<Vlan>,
+) -> ApiResult<impl IntoResponse> {
+    v.fabric = fabric;
+    v.vid = vid;
+    Ok(Json(r.update_vlan(&a, v).await?))
+}
+
+async fn delete_vlan(
+    State(r): State<Region>,
+    User(a): User,
+    Path((fabric, vid)): Path<(String, u16)>,
+) -> ApiResult<impl IntoResponse> {
+    r.delete_vlan(&a, &fabric, vid).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_subnets(State(r): State<Region>, _u: User) -> ApiResult<impl IntoResponse> {
+    Ok(Json(r.subnets().await?))
+}
+
+async fn create_subnet(
+    State(r): State<Region>,
+    User(a): User,
+    ApiJson(s): ApiJson<Subnet>,
+) -> ApiResult<impl IntoResponse> {
+    Ok((StatusCode::CREATED, Json(r.create_subnet(&a, s).await?)))
+}
+
+async fn show_subnet(
+    State(r): State<Region>,
+    _u: User,
+    Path((net, prefix)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(r.subnet(&format!("{net}/{prefix}")).await?))
+}
+
+async fn delete_subnet(
+    State(r): State<Region>,
+    User(a): User,
+    Path((net, prefix)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    r.delete_subnet(&a, &format!("{net}/{prefix}")).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct SubnetFilter {
+    subnet: Option<String>,
+}
+
+async fn list_ranges(
+    State(r): State<Region>,
+    _u: User,
+    ApiQuery(f): ApiQuery<SubnetFilter>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(r.ranges(f.subnet.as_deref()).await?))
+}
+
+async fn create_range(
+    State(r): State<Region>,
+    User(a): User,
+    ApiJson(x): ApiJson<SubnetRange>,
+) -> ApiResult<impl IntoResponse> {
+    Ok((StatusCode::CREATED, Json(r.create_range(&a, x).await?)))
+}
+
+async fn delete_range(
+    State(r): State<Region>,
+    User(a): User,
+    Path((net, prefix, start)): Path<(String, String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    r.delete_range(&a, &format!("{net}/{prefix}"), &start)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_domains(State(r): State<Region>, _u: User) -> ApiResult<impl IntoResponse> {
+    Ok(Json(r.domains().await?))
+}
+
+async fn create_domain(
+    State(r): State<Region>,
+    User(a): User,
+    ApiJson(d): ApiJson<Domain>,
+) -> ApiResult<impl IntoResponse> {
+    Ok((StatusCode::CREATED, Json(r.create_domain(&a, d).await?)))
+}
+
+async fn delete_domain(
+    State(r): State<Region>,
+    User(a): User,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    r.delete_domain(&a, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_records(State(r): State<Region>, _u: User) -> ApiResult<impl IntoResponse> {
+    Ok(Json(r.dns_records().await?))
+}
+
+async fn create_record(
+    State(r): State<Region>,
+    User(a): User,
+    ApiJson(x): ApiJson<DnsRecord>,
+) -> ApiResult<impl IntoResponse> {
+    Ok((StatusCode::CREATED, Json(r.create_dns_record(&a, x).await?)))
+}
+
+async fn delete_record(
+    State(r): State<Region>,
+    User(a): User,
+    ApiJson(x): ApiJson<DnsRecord>,
+) -> ApiResult<impl IntoResponse> {
+    r.delete_dns_record(&a, x).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn machine_addresses(
+    State(r): State<Region>,
+    _u: User,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(r.machine_addresses(&id).await?))
+}
+
+async fn link_machine(
+    State(r): State<Region>,
+    User(a): User,
+    Path(id): Path<String>,
+    ApiJson(l): ApiJson<LinkRequest>,
+) -> ApiResult<impl IntoResponse> {
+    Ok((StatusCode::CREATED, Json(r.link_machine(&a, &id, l).await?)))
+}
+
+async fn unlink_machine(
+    State(r): State<Region>,
+    User(a): User,
+    Path((id, ip)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    r.unlink_machine(&a, &id, &ip).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// What a rack serves: DHCP subnets with their known hosts, and DNS data.
+async fn rack_config(State(r): State<Region>, User(a): User) -> ApiResult<impl IntoResponse> {
+    if !a.admin {
+        return Err(RegionError::Forbidden(format!(
+            "the rack configuration needs an admin key; {} is not an admin",
+            a.username
+        ))
+        .into());
+    }
+    Ok(Json(r.rack_config().await?))
 }

@@ -101,6 +101,53 @@ pub enum Command {
     },
     /// Power types and their parameters.
     PowerTypes,
+    /// Fabrics (layer-2 domains).
+    #[command(alias = "fabric")]
+    Fabrics {
+        #[command(subcommand)]
+        command: crate::cli_net::FabricCommand,
+    },
+    /// VLANs on fabrics; `update --dhcp on` provides DHCP on one.
+    #[command(alias = "vlan")]
+    Vlans {
+        #[command(subcommand)]
+        command: crate::cli_net::VlanCommand,
+    },
+    /// Subnets.
+    #[command(alias = "subnet")]
+    Subnets {
+        #[command(subcommand)]
+        command: crate::cli_net::SubnetCommand,
+    },
+    /// Dynamic and reserved IP ranges.
+    #[command(alias = "iprange")]
+    Ipranges {
+        #[command(subcommand)]
+        command: crate::cli_net::RangeCommand,
+    },
+    /// DNS domains.
+    #[command(alias = "domain")]
+    Domains {
+        #[command(subcommand)]
+        command: crate::cli_net::DomainCommand,
+    },
+    /// DNS records in kumo's domains.
+    #[command(alias = "dns-record")]
+    DnsRecords {
+        #[command(subcommand)]
+        command: crate::cli_net::RecordCommand,
+    },
+    /// Rack services.
+    Rack {
+        #[command(subcommand)]
+        command: RackCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RackCommand {
+    /// Show what racks serve: DHCP subnets with known hosts, DNS data.
+    Config,
 }
 
 #[derive(Args, Debug)]
@@ -239,6 +286,25 @@ pub enum MachineCommand {
     },
     /// Ask the machine's BMC for its power state now.
     PowerState {
+        machine: String,
+    },
+    /// Give an interface a static address on a subnet (the lowest free one unless --ip).
+    Link {
+        machine: String,
+        #[arg(long)]
+        mac: String,
+        #[arg(long)]
+        subnet: String,
+        #[arg(long)]
+        ip: Option<String>,
+    },
+    /// Release a static address.
+    Unlink {
+        machine: String,
+        ip: String,
+    },
+    /// A machine's static addresses.
+    Addresses {
         machine: String,
     },
 }
@@ -669,6 +735,15 @@ pub async fn run_client_command(cmd: Command, profile: Option<&str>, format: For
                 )
             })
         }
+        Command::Fabrics { command } => crate::cli_net::fabrics(&c, format, command).await,
+        Command::Vlans { command } => crate::cli_net::vlans(&c, format, command).await,
+        Command::Subnets { command } => crate::cli_net::subnets(&c, format, command).await,
+        Command::Ipranges { command } => crate::cli_net::ranges(&c, format, command).await,
+        Command::Domains { command } => crate::cli_net::domains(&c, format, command).await,
+        Command::DnsRecords { command } => crate::cli_net::records(&c, format, command).await,
+        Command::Rack {
+            command: RackCommand::Config,
+        } => crate::cli_net::rack_config(&c, format).await,
         Command::Init(_)
         | Command::Region { .. }
         | Command::Login { .. }
@@ -837,6 +912,16 @@ async fn machines(c: &Client, format: Format, cmd: MachineCommand) -> Result<()>
         }
         MachineCommand::PowerOff { machine } => {
             show_machine(c, format, &action(&machine, "power-off"), Some(&none)).await
+        }
+        MachineCommand::Link {
+            machine,
+            mac,
+            subnet,
+            ip,
+        } => crate::cli_net::link(c, format, machine, mac, subnet, ip).await,
+        MachineCommand::Unlink { machine, ip } => crate::cli_net::unlink(c, machine, ip).await,
+        MachineCommand::Addresses { machine } => {
+            crate::cli_net::addresses(c, format, machine).await
         }
     }
 }

@@ -3,6 +3,7 @@
 //! agent) is a subcommand, so one file copied to a machine is all of kumo.
 
 mod cli;
+mod cli_net;
 mod config;
 mod output;
 mod serve;

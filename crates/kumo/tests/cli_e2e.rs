@@ -458,3 +458,126 @@ fn a_region_killed_mid_power_operation_resumes_it_after_restart() {
         "the action itself was not lost: {m}"
     );
 }
+
+#[test]
+fn the_seed_network_setup_from_the_cli() {
+    let lab = start();
+    let d = lab.dir.path();
+    ok(
+        d,
+        &[
+            "subnets",
+            "create",
+            "10.20.0.0/24",
+            "--gateway",
+            "10.20.0.1",
+            "--dns-server",
+            "10.20.0.2",
+            "--domain",
+            "maas.test",
+        ],
+    );
+    // "Provide DHCP" is refused until the VLAN has a dynamic range.
+    let refused = kumo(d, &["vlans", "update", "fabric-0", "0", "--dhcp", "on"]);
+    assert!(
+        !refused.status.success()
+            && String::from_utf8_lossy(&refused.stderr).contains("dynamic range"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    ok(
+        d,
+        &[
+            "ipranges",
+            "create",
+            "10.20.0.0/24",
+            "dynamic",
+            "10.20.0.100",
+            "10.20.0.199",
+            "--comment",
+            "enlistment",
+        ],
+    );
+    ok(
+        d,
+        &[
+            "ipranges",
+            "create",
+            "10.20.0.0/24",
+            "reserved",
+            "10.20.0.2",
+            "10.20.0.9",
+        ],
+    );
+    ok(d, &["vlans", "update", "fabric-0", "0", "--dhcp", "on"]);
+    let bad = kumo(
+        d,
+        &[
+            "ipranges",
+            "create",
+            "10.20.0.0/24",
+            "dynamic",
+            "10.20.0.199",
+            "10.20.1.5",
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("not a host address of subnet 10.20.0.0/24"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let swapped = kumo(d, &["subnets", "create", "10.20.0.5/24"]);
+    assert!(
+        String::from_utf8_lossy(&swapped.stderr).contains("did you mean 10.20.0.0/24"),
+        "{}",
+        String::from_utf8_lossy(&swapped.stderr)
+    );
+
+    ok(d, &["domains", "create", "maas.test"]);
+    ok(
+        d,
+        &[
+            "dns-records",
+            "create",
+            "maas.test",
+            "region",
+            "A",
+            "10.20.0.2",
+        ],
+    );
+    ok(
+        d,
+        &[
+            "machines",
+            "add",
+            "--hostname",
+            "node1",
+            "--mac",
+            "52:54:00:14:00:01",
+        ],
+    );
+    let link = json_of(
+        d,
+        &[
+            "machines",
+            "link",
+            "node1",
+            "--mac",
+            "52:54:00:14:00:01",
+            "--subnet",
+            "10.20.0.0/24",
+        ],
+    );
+    assert_eq!(link["ip"], "10.20.0.10");
+    let cfg = json_of(d, &["rack", "config"]);
+    assert_eq!(
+        cfg["subnets"][0]["hosts"][0],
+        json!({"mac": "52:54:00:14:00:01", "ip": "10.20.0.10", "hostname": "node1"})
+    );
+    assert_eq!(cfg["hosts"][0], json!(["node1.maas.test", "10.20.0.10"]));
+    let table = ok(d, &["ipranges", "list"]);
+    assert!(
+        table.contains("dynamic") && table.contains("100") && table.contains("enlistment"),
+        "{table}"
+    );
+}

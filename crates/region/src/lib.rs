@@ -137,6 +137,17 @@ impl Region {
         self.store()
             .ensure_group(GroupKind::Pool, "default", "the default pool")
             .await?;
+        // Like MAAS, start with one fabric and its untagged VLAN to put subnets on.
+        if self.fabrics().await?.is_empty() {
+            let f = kumo_model::network::Fabric {
+                name: "fabric-0".into(),
+                description: "the default fabric".into(),
+            };
+            match self.create_fabric(&Actor::system(), f).await {
+                Ok(_) | Err(RegionError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
         Ok(())
     }
 

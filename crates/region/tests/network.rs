@@ -57,10 +57,15 @@ fn range(cidr: &str, kind: RangeKind, start: &str, end: &str) -> SubnetRange {
 async fn subnets_ranges_and_dhcp_as_the_seed_sets_them_up() {
     let (r, _d) = region().await;
     let a = admin();
+    assert_eq!(
+        r.fabrics().await.unwrap()[0].name,
+        "fabric-0",
+        "the region starts with a fabric"
+    );
     r.create_fabric(
         &a,
         Fabric {
-            name: "fabric-0".into(),
+            name: "fabric-1".into(),
             description: String::new(),
         },
     )
@@ -68,8 +73,8 @@ async fn subnets_ranges_and_dhcp_as_the_seed_sets_them_up() {
     .unwrap();
     assert_eq!(
         r.vlans().await.unwrap().len(),
-        1,
-        "a fabric comes with its untagged VLAN"
+        2,
+        "each fabric comes with its untagged VLAN"
     );
     r.create_subnet(&a, subnet("10.20.0.0/24")).await.unwrap();
 
@@ -326,7 +331,11 @@ async fn subnets_ranges_and_dhcp_as_the_seed_sets_them_up() {
     r.delete_subnet(&a, "10.20.0.0/24").await.unwrap();
     assert!(r.ranges(None).await.unwrap().is_empty());
     r.delete_fabric(&a, "fabric-0").await.unwrap();
-    assert!(r.vlans().await.unwrap().is_empty());
+    assert_eq!(
+        r.vlans().await.unwrap().len(),
+        1,
+        "only fabric-1's VLAN is left"
+    );
 }
 
 #[tokio::test]
