@@ -20,7 +20,8 @@ if ((${#need[@]})); then
 fi
 bash scripts/deps-power.sh
 bash scripts/deps-dhcp.sh
-[ -f scripts/deps-tftp.sh ] && bash scripts/deps-tftp.sh
+bash scripts/deps-tftp.sh
+bash scripts/deps-dns.sh
 
 step "postgresql"
 KUMO_TEST_PG_URL=$(bash scripts/pg-test-server.sh start)
@@ -35,7 +36,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "tests"
 mkdir -p .cache
 set +e
-cargo test --workspace --locked 2>&1 | tee .cache/test.log
+cargo test --workspace --locked --no-fail-fast 2>&1 | tee .cache/test.log
 status=${PIPESTATUS[0]}
 set -e
 # One summary line that counts every suite, for people and for CI.

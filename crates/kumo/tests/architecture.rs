@@ -98,7 +98,8 @@ fn crate_dependencies_point_inwards() {
 #[test]
 fn the_model_crate_does_no_io() {
     // The lifecycle and constraint logic must stay pure: no clocks, no
-    // sockets, no files, no randomness read inside the model.
+    // sockets, no files, no randomness read inside the model. (Address
+    // values such as Ipv4Addr are data, not I/O.)
     let src = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()
@@ -106,15 +107,7 @@ fn the_model_crate_does_no_io() {
     for entry in std::fs::read_dir(&src).unwrap() {
         let path = entry.unwrap().path();
         let text = std::fs::read_to_string(&path).unwrap();
-        for banned in [
-            "SystemTime",
-            "Instant::now",
-            "std::fs",
-            "std::net",
-            "tokio",
-            "thread_rng",
-            "OsRng",
-        ] {
+        for banned in ["SystemTime", "Instant::now", "std::fs", "TcpStream", "TcpListener", "UdpSocket", "tokio", "thread_rng", "OsRng"] {
             assert!(
                 !text.contains(banned),
                 "{} uses {banned}; the model crate is pure",
