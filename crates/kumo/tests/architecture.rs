@@ -14,6 +14,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // Protocol cores with their thin socket shells.
     ("kumo-dhcp", &[]),
     ("kumo-tftp", &[]),
+    ("kumo-dns", &[]),
     ("kumo-store", &["kumo-model"]),
     // Services.
     ("kumo-region", &["kumo-model", "kumo-store", "kumo-power"]),
