@@ -165,7 +165,10 @@ fn apex_answers_soa_ns_and_mx_with_glue() {
     let r = ask(&s, "maas.test.", RecordType::MX);
     assert_eq!(answers(&r), ["maas.test. MX 10 node1.maas.test."]);
     assert_eq!(r.additionals.len(), 1);
-    assert_eq!(r.additionals[0].data, RData::A(Ipv4Addr::new(10, 0, 0, 5).into()));
+    assert_eq!(
+        r.additionals[0].data,
+        RData::A(Ipv4Addr::new(10, 0, 0, 5).into())
+    );
     let r = ask(&s, "maas.test.", RecordType::ANY);
     assert_eq!(r.answers.len(), 3, "{:?}", answers(&r));
 }
@@ -256,11 +259,16 @@ fn without_upstreams_other_names_are_refused() {
 fn unsupported_requests_get_error_codes() {
     let s = server();
     assert_eq!(
-        ask(&s, "maas.test.", RecordType::AXFR).metadata.response_code,
+        ask(&s, "maas.test.", RecordType::AXFR)
+            .metadata
+            .response_code,
         ResponseCode::Refused
     );
     let mut two = query_msg("node1.maas.test.", RecordType::A);
-    two.add_query(Query::query(Name::from_ascii("v6.maas.test.").unwrap(), RecordType::A));
+    two.add_query(Query::query(
+        Name::from_ascii("v6.maas.test.").unwrap(),
+        RecordType::A,
+    ));
     assert_eq!(
         ask_msg(&s, &two, Transport::Udp).metadata.response_code,
         ResponseCode::FormErr
@@ -347,12 +355,17 @@ fn malformed_queries_are_dropped_and_counted() {
 fn reload_takes_effect_on_the_next_query_and_bad_sets_are_refused() {
     let s = server();
     assert_eq!(
-        ask(&s, "node9.maas.test.", RecordType::A).metadata.response_code,
+        ask(&s, "node9.maas.test.", RecordType::A)
+            .metadata
+            .response_code,
         ResponseCode::NXDomain
     );
     let mut set = zone_set();
-    set.add_hosts([("node9.maas.test", Ipv4Addr::new(10, 0, 0, 9))], &defaults())
-        .unwrap();
+    set.add_hosts(
+        [("node9.maas.test", Ipv4Addr::new(10, 0, 0, 9))],
+        &defaults(),
+    )
+    .unwrap();
     s.reload(&set).unwrap();
     assert_eq!(
         answers(&ask(&s, "node9.maas.test.", RecordType::A)),

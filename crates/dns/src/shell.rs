@@ -162,11 +162,7 @@ async fn send_udp(udp: &UdpSocket, reply: &[u8], peer: SocketAddr) {
 }
 
 /// One TCP connection: length-prefixed queries, answered in order.
-async fn serve_tcp(
-    mut stream: TcpStream,
-    server: &Server,
-    config: &ShellConfig,
-) -> io::Result<()> {
+async fn serve_tcp(mut stream: TcpStream, server: &Server, config: &ShellConfig) -> io::Result<()> {
     loop {
         let mut len = [0u8; 2];
         match timeout(config.tcp_idle_timeout, stream.read_exact(&mut len)).await {

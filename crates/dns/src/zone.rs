@@ -325,11 +325,7 @@ impl Catalog {
     }
 }
 
-fn compile_zone(
-    z: &Zone,
-    origin: &Name,
-    origins: &HashSet<Name>,
-) -> Result<CompiledZone, Error> {
+fn compile_zone(z: &Zone, origin: &Name, origins: &HashSet<Name>) -> Result<CompiledZone, Error> {
     let zone_err = |reason: String| Error::Zone {
         zone: z.name.clone(),
         reason,
@@ -415,7 +411,11 @@ fn compile_zone(
         };
         let ttl = r.ttl.unwrap_or(z.ttl);
         let rtype = u16::from(r.data.record_type());
-        let set = nodes.entry(owner.clone()).or_default().entry(rtype).or_default();
+        let set = nodes
+            .entry(owner.clone())
+            .or_default()
+            .entry(rtype)
+            .or_default();
         if set.iter().any(|x| x.data == data) {
             return Err(rec_err("duplicate record".into()));
         }

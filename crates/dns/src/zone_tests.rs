@@ -18,7 +18,10 @@ pub(crate) fn soa() -> Soa {
 }
 
 pub(crate) fn defaults() -> ZoneDefaults {
-    ZoneDefaults { ttl: 300, soa: soa() }
+    ZoneDefaults {
+        ttl: 300,
+        soa: soa(),
+    }
 }
 
 fn zone(name: &str, records: Vec<Record>) -> ZoneSet {
@@ -72,7 +75,11 @@ fn two_cnames_at_a_name_are_rejected() {
         "maas.test",
         vec![cname("www", "a.maas.test"), cname("www", "b.maas.test")],
     );
-    assert!(compile_err(&set).contains("more than one CNAME"), "{}", compile_err(&set));
+    assert!(
+        compile_err(&set).contains("more than one CNAME"),
+        "{}",
+        compile_err(&set)
+    );
 }
 
 #[test]
@@ -93,7 +100,10 @@ fn invalid_names_are_rejected_naming_the_record() {
         (a(&"x".repeat(64), [1, 2, 3, 4]), "longer than 63 bytes"),
         (a("other.test.", [1, 2, 3, 4]), "outside the zone"),
         (cname("c", "bad_target!"), "target: label"),
-        (a(&["abcdefghij"; 25].join("."), [1, 2, 3, 4]), "longer than 255 bytes"),
+        (
+            a(&["abcdefghij"; 25].join("."), [1, 2, 3, 4]),
+            "longer than 255 bytes",
+        ),
     ];
     for (record, want) in cases {
         let shown = record.to_string();
@@ -107,17 +117,29 @@ fn invalid_names_are_rejected_naming_the_record() {
 
 #[test]
 fn other_conflicts_are_rejected() {
-    let dup = zone("maas.test", vec![a("n", [1, 1, 1, 1]), a("n", [1, 1, 1, 1])]);
+    let dup = zone(
+        "maas.test",
+        vec![a("n", [1, 1, 1, 1]), a("n", [1, 1, 1, 1])],
+    );
     assert!(compile_err(&dup).contains("duplicate record"));
 
-    let mut ttl = zone("maas.test", vec![a("n", [1, 1, 1, 1]), a("n", [1, 1, 1, 2])]);
+    let mut ttl = zone(
+        "maas.test",
+        vec![a("n", [1, 1, 1, 1]), a("n", [1, 1, 1, 2])],
+    );
     ttl.zones[0].records[1].ttl = Some(5);
     assert!(compile_err(&ttl).contains("TTL 5 differs from 300"));
 
-    let ns = zone("maas.test", vec![rec("sub", RecordData::Ns("ns.other.test".into()))]);
+    let ns = zone(
+        "maas.test",
+        vec![rec("sub", RecordData::Ns("ns.other.test".into()))],
+    );
     assert!(compile_err(&ns).contains("only allowed at the apex"));
 
-    let txt = zone("maas.test", vec![rec("t", RecordData::Txt(vec!["x".repeat(256)]))]);
+    let txt = zone(
+        "maas.test",
+        vec![rec("t", RecordData::Txt(vec!["x".repeat(256)]))],
+    );
     assert!(compile_err(&txt).contains("longer than 255"));
 
     let mut twice = zone("maas.test", vec![]);
@@ -126,7 +148,9 @@ fn other_conflicts_are_rejected() {
     assert_eq!(compile_err(&twice), "zone MAAS.test.: defined twice");
 
     let mut nested = zone("maas.test", vec![a("n.sub", [1, 1, 1, 1])]);
-    nested.zones.push(zone("sub.maas.test", vec![]).zones.remove(0));
+    nested
+        .zones
+        .push(zone("sub.maas.test", vec![]).zones.remove(0));
     assert!(compile_err(&nested).contains("belongs to the zone sub.maas.test."));
 
     let mut bad_soa = zone("maas.test", vec![]);
@@ -161,9 +185,16 @@ fn valid_zone_compiles_with_default_apex_ns_and_empty_non_terminals() {
     let z = &cat.zones[&parse_absolute("maas.test").unwrap()];
     let apex = &z.nodes[&parse_absolute("maas.test").unwrap()];
     assert_eq!(apex.len(), 2, "SOA and NS at the apex: {apex:?}");
-    assert_eq!(z.nodes[&parse_absolute("node1.maas.test").unwrap()][&1].len(), 2);
-    assert!(z.empty_non_terminals.contains(&parse_absolute("b.c.maas.test").unwrap()));
-    assert!(z.empty_non_terminals.contains(&parse_absolute("_tcp.maas.test").unwrap()));
+    assert_eq!(
+        z.nodes[&parse_absolute("node1.maas.test").unwrap()][&1].len(),
+        2
+    );
+    assert!(z
+        .empty_non_terminals
+        .contains(&parse_absolute("b.c.maas.test").unwrap()));
+    assert!(z
+        .empty_non_terminals
+        .contains(&parse_absolute("_tcp.maas.test").unwrap()));
 }
 
 #[test]
@@ -191,8 +222,14 @@ fn add_hosts_builds_forward_and_reverse_zones() {
     assert_eq!(
         set.zones[1].records,
         vec![
-            rec("5.0.0.10.in-addr.arpa.", RecordData::Ptr("node1.maas.test.".into())),
-            rec("7.0.0.10.in-addr.arpa.", RecordData::Ptr("db.other.test.".into())),
+            rec(
+                "5.0.0.10.in-addr.arpa.",
+                RecordData::Ptr("node1.maas.test.".into())
+            ),
+            rec(
+                "7.0.0.10.in-addr.arpa.",
+                RecordData::Ptr("db.other.test.".into())
+            ),
         ]
     );
     Catalog::compile(&set).unwrap();
@@ -201,9 +238,13 @@ fn add_hosts_builds_forward_and_reverse_zones() {
 #[test]
 fn add_hosts_merges_into_existing_zones() {
     let mut set = zone("maas.test", vec![cname("www", "node1.maas.test")]);
-    set.zones.push(zone("10.in-addr.arpa", vec![]).zones.remove(0));
-    set.add_hosts([("node1.maas.test", Ipv4Addr::new(10, 0, 0, 5))], &defaults())
-        .unwrap();
+    set.zones
+        .push(zone("10.in-addr.arpa", vec![]).zones.remove(0));
+    set.add_hosts(
+        [("node1.maas.test", Ipv4Addr::new(10, 0, 0, 5))],
+        &defaults(),
+    )
+    .unwrap();
     assert_eq!(set.zones.len(), 2);
     assert_eq!(set.zones[0].records.len(), 2);
     assert_eq!(set.zones[1].records.len(), 1);
@@ -219,7 +260,10 @@ fn add_hosts_merges_into_existing_zones() {
 fn add_hosts_rejects_bad_names() {
     let mut set = ZoneSet::default();
     let err = set
-        .add_hosts([("node 1.maas.test", Ipv4Addr::new(10, 0, 0, 5))], &defaults())
+        .add_hosts(
+            [("node 1.maas.test", Ipv4Addr::new(10, 0, 0, 5))],
+            &defaults(),
+        )
         .unwrap_err();
     assert_eq!(
         err.to_string(),
@@ -244,7 +288,10 @@ fn zone_set_json_shape() {
         "upstreams": ["192.0.2.1:53"]
     }"#;
     let set: ZoneSet = serde_json::from_str(json).unwrap();
-    assert_eq!(set.zones[0].records[1].data, RecordData::Cname("node1.maas.test".into()));
+    assert_eq!(
+        set.zones[0].records[1].data,
+        RecordData::Cname("node1.maas.test".into())
+    );
     let back: ZoneSet = serde_json::from_str(&serde_json::to_string(&set).unwrap()).unwrap();
     assert_eq!(back, set);
     Catalog::compile(&set).unwrap();

@@ -8,7 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kumo_dns::{Listener, Record, RecordData, Server, ShellConfig, Soa, Zone, ZoneDefaults, ZoneSet};
+use kumo_dns::{
+    Listener, Record, RecordData, Server, ShellConfig, Soa, Zone, ZoneDefaults, ZoneSet,
+};
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 
@@ -114,7 +116,9 @@ impl Drop for Running {
         let _ = self.stop.take().unwrap().send(());
         let rt = std::mem::replace(
             &mut self.rt,
-            tokio::runtime::Builder::new_current_thread().build().unwrap(),
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap(),
         );
         rt.shutdown_timeout(Duration::from_secs(5));
     }
@@ -142,7 +146,12 @@ fn status(out: &str) -> &str {
         .lines()
         .find(|l| l.contains("->>HEADER<<-"))
         .unwrap_or_else(|| panic!("no header in dig output: {out}"));
-    line.split("status: ").nth(1).unwrap().split(',').next().unwrap()
+    line.split("status: ")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
 }
 
 fn flags(out: &str) -> Vec<&str> {
@@ -165,9 +174,15 @@ fn dig_gets_forward_and_reverse_answers_over_udp_and_tcp() {
     let s = Running::start(&zones(&[NODE1], vec![]), ShellConfig::default());
     assert_eq!(s.dig(&["node1.maas.test", "A", "+short"]), "10.0.0.5\n");
     assert_eq!(s.dig(&["NODE1.Maas.TEST", "A", "+short"]), "10.0.0.5\n");
-    assert_eq!(s.dig(&["node1.maas.test", "A", "+short", "+tcp"]), "10.0.0.5\n");
+    assert_eq!(
+        s.dig(&["node1.maas.test", "A", "+short", "+tcp"]),
+        "10.0.0.5\n"
+    );
     assert_eq!(s.dig(&["-x", "10.0.0.5", "+short"]), "node1.maas.test.\n");
-    assert_eq!(s.dig(&["-x", "10.0.0.5", "+short", "+tcp"]), "node1.maas.test.\n");
+    assert_eq!(
+        s.dig(&["-x", "10.0.0.5", "+short", "+tcp"]),
+        "node1.maas.test.\n"
+    );
     assert_eq!(
         s.dig(&["www.maas.test", "A", "+short"]),
         "node1.maas.test.\n10.0.0.5\n"
@@ -180,7 +195,10 @@ fn dig_gets_forward_and_reverse_answers_over_udp_and_tcp() {
     let nx = s.dig(&["nope.maas.test", "A"]);
     assert_eq!(status(&nx), "NXDOMAIN");
     assert!(flags(&nx).contains(&"aa"), "{nx}");
-    assert!(nx.contains("IN\tSOA\tns1.maas.test. hostmaster.maas.test. 1"), "{nx}");
+    assert!(
+        nx.contains("IN\tSOA\tns1.maas.test. hostmaster.maas.test. 1"),
+        "{nx}"
+    );
     let nx = s.dig(&["nope.maas.test", "A", "+tcp"]);
     assert_eq!(status(&nx), "NXDOMAIN");
 
@@ -237,9 +255,15 @@ fn forwards_to_a_second_kumo_dns_over_udp_and_tcp() {
         data: RecordData::A(Ipv4Addr::new(192, 0, 2, 7)),
     });
     let upstream = Running::start(&up_set, ShellConfig::default());
-    let s = Running::start(&zones(&[NODE1], vec![upstream.addr]), ShellConfig::default());
+    let s = Running::start(
+        &zones(&[NODE1], vec![upstream.addr]),
+        ShellConfig::default(),
+    );
     assert_eq!(s.dig(&["upstream.test", "A", "+short"]), "192.0.2.7\n");
-    assert_eq!(s.dig(&["UPSTREAM.test", "A", "+short", "+tcp"]), "192.0.2.7\n");
+    assert_eq!(
+        s.dig(&["UPSTREAM.test", "A", "+short", "+tcp"]),
+        "192.0.2.7\n"
+    );
     let nx = s.dig(&["nope.upstream.test", "A"]);
     assert_eq!(status(&nx), "NXDOMAIN");
     // Our own names are still ours.
@@ -314,7 +338,10 @@ fn forwards_to_dnsmasq() {
 
     let s = Running::start(&zones(&[NODE1], vec![up]), ShellConfig::default());
     assert_eq!(s.dig(&["upstream.test", "A", "+short"]), "192.0.2.7\n");
-    assert_eq!(s.dig(&["a.b.upstream.test", "A", "+short", "+tcp"]), "192.0.2.7\n");
+    assert_eq!(
+        s.dig(&["a.b.upstream.test", "A", "+short", "+tcp"]),
+        "192.0.2.7\n"
+    );
     assert_eq!(s.dig(&["node1.maas.test", "A", "+short"]), "10.0.0.5\n");
     assert_eq!(s.server.counters().forwarded, 2);
     drop(dnsmasq);
@@ -333,17 +360,26 @@ fn unreachable_upstreams_give_servfail() {
 
     let refused = Running::start(&zones(&[NODE1], vec![closed]), config.clone());
     assert_eq!(status(&refused.dig(&["example.org", "A"])), "SERVFAIL");
-    assert_eq!(status(&refused.dig(&["example.org", "A", "+tcp"])), "SERVFAIL");
+    assert_eq!(
+        status(&refused.dig(&["example.org", "A", "+tcp"])),
+        "SERVFAIL"
+    );
 
     let timeout = Running::start(
         &zones(
             &[NODE1],
-            vec![silent.local_addr().unwrap(), silent_tcp.local_addr().unwrap()],
+            vec![
+                silent.local_addr().unwrap(),
+                silent_tcp.local_addr().unwrap(),
+            ],
         ),
         config,
     );
     assert_eq!(status(&timeout.dig(&["example.org", "A"])), "SERVFAIL");
-    assert_eq!(status(&timeout.dig(&["example.org", "A", "+tcp"])), "SERVFAIL");
+    assert_eq!(
+        status(&timeout.dig(&["example.org", "A", "+tcp"])),
+        "SERVFAIL"
+    );
     let mut buf = [0u8; 512];
     let (n, _) = silent.recv_from(&mut buf).unwrap();
     assert!(n > 12, "the silent upstream was asked");

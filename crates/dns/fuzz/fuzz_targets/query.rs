@@ -21,7 +21,11 @@ fn server() -> &'static Server {
             expire: 600,
             minimum: 5,
         };
-        let rec = |name: &str, data| Record { name: name.into(), ttl: None, data };
+        let rec = |name: &str, data| Record {
+            name: name.into(),
+            ttl: None,
+            data,
+        };
         let mut set = ZoneSet {
             zones: vec![Zone {
                 name: "fuzz.test".into(),
@@ -35,7 +39,10 @@ fn server() -> &'static Server {
                     rec("big", RecordData::Txt(vec!["x".repeat(255); 4])),
                     rec(
                         "@",
-                        RecordData::Mx { preference: 1, exchange: "node1.fuzz.test".into() },
+                        RecordData::Mx {
+                            preference: 1,
+                            exchange: "node1.fuzz.test".into(),
+                        },
                     ),
                     rec(
                         "_s._tcp",
