@@ -18,22 +18,8 @@ APT_PACKAGES=(
   python3-pip
 )
 
-missing=()
-for p in "${APT_PACKAGES[@]}"; do
-  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
-    missing+=("$p")
-  fi
-done
-if ((${#missing[@]})); then
-  echo "deps-power: apt-get install ${missing[*]}"
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  install() { $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"; }
-  # A fresh machine may have no package lists yet.
-  install || { echo "deps-power: apt-get update"; $SUDO apt-get update && install; }
-else
-  echo "deps-power: apt packages already installed: ${APT_PACKAGES[*]}"
-fi
+source "$(dirname "$0")/apt-ensure.sh"
+apt_ensure deps-power "${APT_PACKAGES[@]}"
 
 # Debian's python, not a pyenv shim, so the venv survives shell changes.
 PY=/usr/bin/python3

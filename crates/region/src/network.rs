@@ -92,17 +92,6 @@ impl Region {
         Ok(())
     }
 
-    fn admin(actor: &Actor, what: &str) -> Result<(), RegionError> {
-        if actor.admin {
-            Ok(())
-        } else {
-            Err(RegionError::Forbidden(format!(
-                "{what} needs an admin user; {} is not one",
-                actor.username
-            )))
-        }
-    }
-
     fn in_use(what: &'static str, id: &str, by: usize) -> RegionError {
         RegionError::InUse {
             what,
@@ -118,7 +107,7 @@ impl Region {
     }
 
     pub async fn create_fabric(&self, actor: &Actor, f: Fabric) -> Result<Fabric, RegionError> {
-        Self::admin(actor, "creating a fabric")?;
+        Self::require_admin(actor, "creating a fabric")?;
         Name::parse("name", &f.name)?;
         self.put(actor, FABRIC, &f.name, &f).await?;
         // Every fabric has its untagged VLAN, as switches do.
@@ -135,7 +124,7 @@ impl Region {
     }
 
     pub async fn delete_fabric(&self, actor: &Actor, name: &str) -> Result<(), RegionError> {
-        Self::admin(actor, "deleting a fabric")?;
+        Self::require_admin(actor, "deleting a fabric")?;
         let subnets: Vec<Subnet> = self.objects(SUBNET).await?;
         let n = subnets.iter().filter(|s| s.fabric == name).count();
         if n > 0 {
@@ -165,7 +154,7 @@ impl Region {
     }
 
     pub async fn create_vlan(&self, actor: &Actor, v: Vlan) -> Result<Vlan, RegionError> {
-        Self::admin(actor, "creating a VLAN")?;
+        Self::require_admin(actor, "creating a VLAN")?;
         if v.vid > 4094 {
             return Err(RegionError::invalid(
                 "vid",
@@ -186,7 +175,7 @@ impl Region {
 
     /// Changes a VLAN's name, MTU or DHCP; `dhcp_on` is MAAS's "provide DHCP".
     pub async fn update_vlan(&self, actor: &Actor, v: Vlan) -> Result<Vlan, RegionError> {
-        Self::admin(actor, "updating a VLAN")?;
+        Self::require_admin(actor, "updating a VLAN")?;
         self.vlan(&v.fabric, v.vid).await?;
         if v.dhcp_on {
             let subnets: Vec<Subnet> = self.objects(SUBNET).await?;
@@ -225,7 +214,7 @@ impl Region {
         fabric: &str,
         vid: u16,
     ) -> Result<(), RegionError> {
-        Self::admin(actor, "deleting a VLAN")?;
+        Self::require_admin(actor, "deleting a VLAN")?;
         let subnets: Vec<Subnet> = self.objects(SUBNET).await?;
         let n = subnets
             .iter()
@@ -264,7 +253,7 @@ impl Region {
     }
 
     pub async fn create_subnet(&self, actor: &Actor, s: Subnet) -> Result<Subnet, RegionError> {
-        Self::admin(actor, "creating a subnet")?;
+        Self::require_admin(actor, "creating a subnet")?;
         self.fabric_exists(&s.fabric).await?;
         if let Err(RegionError::NotFound { .. }) = self.vlan(&s.fabric, s.vid).await {
             return Err(RegionError::invalid(
@@ -299,7 +288,7 @@ impl Region {
     }
 
     pub async fn delete_subnet(&self, actor: &Actor, cidr: &str) -> Result<(), RegionError> {
-        Self::admin(actor, "deleting a subnet")?;
+        Self::require_admin(actor, "deleting a subnet")?;
         let s = self.subnet(cidr).await?;
         let key = s.cidr.to_string();
         let used = self.store().static_ips(Some(&key)).await?.len();
@@ -328,7 +317,7 @@ impl Region {
         actor: &Actor,
         r: SubnetRange,
     ) -> Result<SubnetRange, RegionError> {
-        Self::admin(actor, "creating an IP range")?;
+        Self::require_admin(actor, "creating an IP range")?;
         let s = self
             .subnet(&r.subnet.to_string())
             .await
@@ -372,7 +361,7 @@ impl Region {
         subnet: &str,
         start: &str,
     ) -> Result<(), RegionError> {
-        Self::admin(actor, "deleting an IP range")?;
+        Self::require_admin(actor, "deleting an IP range")?;
         let start = parse_ip("start", start)?;
         let r = self
             .ranges(Some(subnet))
@@ -393,7 +382,7 @@ impl Region {
     }
 
     pub async fn create_domain(&self, actor: &Actor, d: Domain) -> Result<Domain, RegionError> {
-        Self::admin(actor, "creating a domain")?;
+        Self::require_admin(actor, "creating a domain")?;
         kumo_model::network::check_dns_name("name", &d.name)?;
         self.put(actor, DOMAIN, &d.name.to_ascii_lowercase(), &d)
             .await?;
@@ -401,7 +390,7 @@ impl Region {
     }
 
     pub async fn delete_domain(&self, actor: &Actor, name: &str) -> Result<(), RegionError> {
-        Self::admin(actor, "deleting a domain")?;
+        Self::require_admin(actor, "deleting a domain")?;
         let records: Vec<DnsRecord> = self.objects(RECORD).await?;
         let n = records.iter().filter(|r| r.domain == name).count();
         if n > 0 {
@@ -419,7 +408,7 @@ impl Region {
         actor: &Actor,
         r: DnsRecord,
     ) -> Result<DnsRecord, RegionError> {
-        Self::admin(actor, "creating a DNS record")?;
+        Self::require_admin(actor, "creating a DNS record")?;
         r.validate()?;
         if self
             .store()
@@ -453,7 +442,7 @@ impl Region {
     }
 
     pub async fn delete_dns_record(&self, actor: &Actor, r: DnsRecord) -> Result<(), RegionError> {
-        Self::admin(actor, "deleting a DNS record")?;
+        Self::require_admin(actor, "deleting a DNS record")?;
         self.remove(actor, RECORD, &record_key(&r)).await
     }
 
@@ -466,7 +455,7 @@ impl Region {
         id: &str,
         req: LinkRequest,
     ) -> Result<StaticIp, RegionError> {
-        Self::admin(actor, "linking a machine to a subnet")?;
+        Self::require_admin(actor, "linking a machine to a subnet")?;
         let m = self.machine(id).await?;
         let mac: MacAddress = req.mac.parse()?;
         if !m.macs.contains(&mac) {
@@ -548,7 +537,7 @@ impl Region {
         id: &str,
         ip: &str,
     ) -> Result<(), RegionError> {
-        Self::admin(actor, "unlinking a machine")?;
+        Self::require_admin(actor, "unlinking a machine")?;
         let m = self.machine(id).await?;
         let held = self
             .store()

@@ -1138,6 +1138,15 @@ impl Store {
     }
 }
 
+fn static_ip_from_row(r: &AnyRow) -> StaticIp {
+    StaticIp {
+        ip: r.get(0),
+        subnet: r.get(1),
+        system_id: r.get(2),
+        mac: r.get(3),
+    }
+}
+
 /// A static address held by a machine's interface.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StaticIp {
@@ -1290,15 +1299,7 @@ impl Store {
                     .await?
             }
         };
-        Ok(rows
-            .iter()
-            .map(|r| StaticIp {
-                ip: r.get(0),
-                subnet: r.get(1),
-                system_id: r.get(2),
-                mac: r.get(3),
-            })
-            .collect())
+        Ok(rows.iter().map(static_ip_from_row).collect())
     }
 
     pub async fn machine_static_ips(&self, system_id: &str) -> Result<Vec<StaticIp>, StoreError> {
@@ -1308,15 +1309,7 @@ impl Store {
         .bind(system_id.to_owned())
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .iter()
-            .map(|r| StaticIp {
-                ip: r.get(0),
-                subnet: r.get(1),
-                system_id: r.get(2),
-                mac: r.get(3),
-            })
-            .collect())
+        Ok(rows.iter().map(static_ip_from_row).collect())
     }
 
     pub async fn remove_static_ip(&self, ip: &str) -> Result<(), StoreError> {
