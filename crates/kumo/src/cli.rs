@@ -105,7 +105,7 @@ pub enum Command {
     #[command(alias = "fabric")]
     Fabrics {
         #[command(subcommand)]
-        command: crate::cli_net::FabricCommand,
+        command: GroupCommand,
     },
     /// VLANs on fabrics; `update --dhcp on` provides DHCP on one.
     #[command(alias = "vlan")]

@@ -11,20 +11,8 @@ use kumo_model::network::{
 use kumo_store::StaticIp;
 use serde_json::Value;
 
+use crate::cli::GroupCommand;
 use crate::output::{emit, table, Format};
-
-#[derive(Subcommand, Debug)]
-pub enum FabricCommand {
-    #[command(alias = "ls")]
-    List,
-    Create {
-        name: String,
-        #[arg(long, default_value = "")]
-        description: String,
-    },
-    #[command(alias = "rm")]
-    Delete { name: String },
-}
 
 #[derive(Subcommand, Debug)]
 pub enum VlanCommand {
@@ -149,9 +137,10 @@ fn cidr_path(cidr: &str) -> Result<String> {
     Ok(format!("{}/{}", c.network(), c.prefix()))
 }
 
-pub async fn fabrics(c: &Client, format: Format, cmd: FabricCommand) -> Result<()> {
+/// Fabrics take the same verbs as zones and pools.
+pub async fn fabrics(c: &Client, format: Format, cmd: GroupCommand) -> Result<()> {
     match cmd {
-        FabricCommand::List => {
+        GroupCommand::List => {
             let fs: Vec<Fabric> = c.get("/api/v1/fabrics").await?;
             emit(format, &fs, |fs| {
                 table(
@@ -162,14 +151,14 @@ pub async fn fabrics(c: &Client, format: Format, cmd: FabricCommand) -> Result<(
                 )
             })
         }
-        FabricCommand::Create { name, description } => {
+        GroupCommand::Create { name, description } => {
             let f: Fabric = c
                 .post("/api/v1/fabrics", &Fabric { name, description })
                 .await?;
             println!("created fabric {} with its untagged VLAN 0", f.name);
             Ok(())
         }
-        FabricCommand::Delete { name } => {
+        GroupCommand::Delete { name } => {
             c.delete(&format!("/api/v1/fabrics/{}", enc(&name))).await?;
             println!("deleted fabric {name}");
             Ok(())

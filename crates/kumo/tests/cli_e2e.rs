@@ -575,6 +575,27 @@ fn the_seed_network_setup_from_the_cli() {
         json!({"mac": "52:54:00:14:00:01", "ip": "10.20.0.10", "hostname": "node1"})
     );
     assert_eq!(cfg["hosts"][0], json!(["node1.maas.test", "10.20.0.10"]));
+    ok(
+        d,
+        &[
+            "fabrics",
+            "create",
+            "fabric-1",
+            "--description",
+            "second rack",
+        ],
+    );
+    let fabrics = ok(d, &["fabrics", "list"]);
+    assert!(
+        fabrics.contains("fabric-0") && fabrics.contains("second rack"),
+        "{fabrics}"
+    );
+    assert!(
+        ok(d, &["vlans", "list"]).contains("fabric-1"),
+        "a new fabric has its untagged VLAN"
+    );
+    ok(d, &["fabrics", "delete", "fabric-1"]);
+    assert!(!ok(d, &["fabrics", "list"]).contains("fabric-1"));
     let table = ok(d, &["ipranges", "list"]);
     assert!(
         table.contains("dynamic") && table.contains("100") && table.contains("enlistment"),
