@@ -365,11 +365,7 @@ impl Store {
         insert_macs(&mut tx, m).await?;
         for tag in &m.tags {
             ensure_tag(&mut tx, tag).await?;
-            q("INSERT INTO machine_tags (system_id, tag, auto) VALUES ($1, $2, 0)")
-                .bind(m.system_id.to_string())
-                .bind(tag.clone())
-                .execute(&mut *tx)
-                .await?;
+            put_machine_tag(&mut tx, m.system_id.as_str(), tag, false).await?;
         }
         insert_event(
             &mut tx,
@@ -870,23 +866,10 @@ impl Store {
                     id: id.clone(),
                 });
             }
-            q("DELETE FROM machine_tags WHERE system_id = $1 AND tag = $2")
-                .bind(id.clone())
-                .bind(tag.to_owned())
-                .execute(&mut *tx)
-                .await?;
-            q("INSERT INTO machine_tags (system_id, tag, auto) VALUES ($1, $2, 0)")
-                .bind(id.clone())
-                .bind(tag.to_owned())
-                .execute(&mut *tx)
-                .await?;
+            put_machine_tag(&mut tx, id, tag, false).await?;
         }
         for id in remove {
-            q("DELETE FROM machine_tags WHERE system_id = $1 AND tag = $2")
-                .bind(id.clone())
-                .bind(tag.to_owned())
-                .execute(&mut *tx)
-                .await?;
+            remove_machine_tag(&mut tx, id, tag).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -904,11 +887,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         for id in system_ids {
-            q("INSERT INTO machine_tags (system_id, tag, auto) VALUES ($1, $2, 1)")
-                .bind(id.clone())
-                .bind(tag.to_owned())
-                .execute(&mut *tx)
-                .await?;
+            put_machine_tag(&mut tx, id, tag, true).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -927,16 +906,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         for t in tags {
-            q("DELETE FROM machine_tags WHERE system_id = $1 AND tag = $2")
-                .bind(system_id.to_owned())
-                .bind(t.clone())
-                .execute(&mut *tx)
-                .await?;
-            q("INSERT INTO machine_tags (system_id, tag, auto) VALUES ($1, $2, 1)")
-                .bind(system_id.to_owned())
-                .bind(t.clone())
-                .execute(&mut *tx)
-                .await?;
+            put_machine_tag(&mut tx, system_id, t, true).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -1350,6 +1320,37 @@ async fn insert_macs(conn: &mut sqlx::AnyConnection, m: &Machine) -> Result<(), 
             r => r?,
         };
     }
+    Ok(())
+}
+
+/// Puts a tag on a machine, replacing a manual mark with an automatic one
+/// or the reverse.
+async fn put_machine_tag(
+    conn: &mut sqlx::AnyConnection,
+    system_id: &str,
+    tag: &str,
+    auto: bool,
+) -> Result<(), StoreError> {
+    remove_machine_tag(conn, system_id, tag).await?;
+    q("INSERT INTO machine_tags (system_id, tag, auto) VALUES ($1, $2, $3)")
+        .bind(system_id.to_owned())
+        .bind(tag.to_owned())
+        .bind(b(auto))
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+async fn remove_machine_tag(
+    conn: &mut sqlx::AnyConnection,
+    system_id: &str,
+    tag: &str,
+) -> Result<(), StoreError> {
+    q("DELETE FROM machine_tags WHERE system_id = $1 AND tag = $2")
+        .bind(system_id.to_owned())
+        .bind(tag.to_owned())
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
