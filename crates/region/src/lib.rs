@@ -176,6 +176,20 @@ impl Region {
         }
     }
 
+    /// Writes one audit entry for a change that has no machine write to ride on.
+    async fn record_audit(
+        &self,
+        actor: &Actor,
+        action: &str,
+        object: String,
+        detail: impl Into<String>,
+    ) -> Result<(), RegionError> {
+        self.store()
+            .add_audit(self.now(), &Self::audit(actor, action, object, detail))
+            .await?;
+        Ok(())
+    }
+
     fn require_admin(actor: &Actor, what: &str) -> Result<(), RegionError> {
         if actor.admin {
             Ok(())
@@ -229,17 +243,13 @@ impl Region {
                 admin: req.admin,
             })
             .await?;
-        self.store()
-            .add_audit(
-                self.now(),
-                &Self::audit(
-                    actor,
-                    "create",
-                    format!("user/{name}"),
-                    if req.admin { "admin" } else { "" },
-                ),
-            )
-            .await?;
+        self.record_audit(
+            actor,
+            "create",
+            format!("user/{name}"),
+            if req.admin { "admin" } else { "" },
+        )
+        .await?;
         Ok(User {
             username: name.to_string(),
             admin: req.admin,
@@ -264,17 +274,13 @@ impl Region {
         self.store()
             .add_api_key(&id, username, &hash, self.now())
             .await?;
-        self.store()
-            .add_audit(
-                self.now(),
-                &Self::audit(
-                    actor,
-                    "create",
-                    format!("api-key/{id}"),
-                    format!("for {username}"),
-                ),
-            )
-            .await?;
+        self.record_audit(
+            actor,
+            "create",
+            format!("api-key/{id}"),
+            format!("for {username}"),
+        )
+        .await?;
         Ok(NewApiKey {
             username: username.to_owned(),
             key,
@@ -1033,17 +1039,13 @@ impl Region {
             TagDefinition::compile(&tag.definition)?;
         }
         self.store().create_tag(&tag).await?;
-        self.store()
-            .add_audit(
-                self.now(),
-                &Self::audit(
-                    actor,
-                    "create",
-                    format!("tag/{}", tag.name),
-                    tag.definition.clone(),
-                ),
-            )
-            .await?;
+        self.record_audit(
+            actor,
+            "create",
+            format!("tag/{}", tag.name),
+            tag.definition.clone(),
+        )
+        .await?;
         self.evaluate_tag(&tag).await?;
         Ok(tag)
     }
@@ -1054,17 +1056,13 @@ impl Region {
             TagDefinition::compile(&tag.definition)?;
         }
         self.store().update_tag(&tag).await?;
-        self.store()
-            .add_audit(
-                self.now(),
-                &Self::audit(
-                    actor,
-                    "update",
-                    format!("tag/{}", tag.name),
-                    tag.definition.clone(),
-                ),
-            )
-            .await?;
+        self.record_audit(
+            actor,
+            "update",
+            format!("tag/{}", tag.name),
+            tag.definition.clone(),
+        )
+        .await?;
         self.evaluate_tag(&tag).await?;
         Ok(tag)
     }
@@ -1072,11 +1070,7 @@ impl Region {
     pub async fn delete_tag(&self, actor: &Actor, name: &str) -> Result<(), RegionError> {
         Self::require_admin(actor, "deleting a tag")?;
         self.store().delete_tag(name).await?;
-        self.store()
-            .add_audit(
-                self.now(),
-                &Self::audit(actor, "delete", format!("tag/{name}"), ""),
-            )
+        self.record_audit(actor, "delete", format!("tag/{name}"), "")
             .await?;
         Ok(())
     }
@@ -1107,17 +1101,13 @@ impl Region {
             remove.push(self.machine(id).await?.system_id.to_string());
         }
         self.store().tag_machines(name, &add, &remove).await?;
-        self.store()
-            .add_audit(
-                self.now(),
-                &Self::audit(
-                    actor,
-                    "tag",
-                    format!("tag/{name}"),
-                    format!("add {add:?} remove {remove:?}"),
-                ),
-            )
-            .await?;
+        self.record_audit(
+            actor,
+            "tag",
+            format!("tag/{name}"),
+            format!("add {add:?} remove {remove:?}"),
+        )
+        .await?;
         Ok(())
     }
 
@@ -1177,17 +1167,13 @@ impl Region {
         Self::require_admin(actor, &format!("creating a {field}"))?;
         Name::parse("name", &g.name)?;
         self.store().create_group(kind, &g).await?;
-        self.store()
-            .add_audit(
-                self.now(),
-                &Self::audit(
-                    actor,
-                    "create",
-                    format!("{field}/{}", g.name),
-                    g.description.clone(),
-                ),
-            )
-            .await?;
+        self.record_audit(
+            actor,
+            "create",
+            format!("{field}/{}", g.name),
+            g.description.clone(),
+        )
+        .await?;
         Ok(g)
     }
 
@@ -1210,11 +1196,7 @@ impl Region {
             ));
         }
         self.store().delete_group(kind, name).await?;
-        self.store()
-            .add_audit(
-                self.now(),
-                &Self::audit(actor, "delete", format!("{field}/{name}"), ""),
-            )
+        self.record_audit(actor, "delete", format!("{field}/{name}"), "")
             .await?;
         Ok(())
     }

@@ -9,7 +9,7 @@ use kumo_model::network::{
     RackConfig, RackHost, RackSubnet, RangeKind, Subnet, SubnetRange, Vlan,
 };
 use kumo_model::{MacAddress, Name};
-use kumo_store::{NewAudit, StaticIp, StoreError};
+use kumo_store::{StaticIp, StoreError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -61,7 +61,7 @@ impl Region {
         self.store()
             .put_network_object(kind, key, &body, true)
             .await?;
-        self.audit_change(actor, "create", format!("{kind}/{key}"))
+        self.record_audit(actor, "create", format!("{kind}/{key}"), "")
             .await
     }
 
@@ -72,24 +72,8 @@ impl Region {
         key: &str,
     ) -> Result<(), RegionError> {
         self.store().delete_network_object(kind, key).await?;
-        self.audit_change(actor, "delete", format!("{kind}/{key}"))
+        self.record_audit(actor, "delete", format!("{kind}/{key}"), "")
             .await
-    }
-
-    async fn audit_change(
-        &self,
-        actor: &Actor,
-        action: &str,
-        object: String,
-    ) -> Result<(), RegionError> {
-        let a = NewAudit {
-            username: actor.username.clone(),
-            action: action.into(),
-            object,
-            detail: String::new(),
-        };
-        self.store().add_audit(self.now(), &a).await?;
-        Ok(())
     }
 
     fn in_use(what: &'static str, id: &str, by: usize) -> RegionError {
@@ -199,10 +183,11 @@ impl Region {
         self.store()
             .put_network_object(VLAN, &vlan_key(&v.fabric, v.vid), &body, false)
             .await?;
-        self.audit_change(
+        self.record_audit(
             actor,
             "update",
             format!("vlan/{}", vlan_key(&v.fabric, v.vid)),
+            "",
         )
         .await?;
         Ok(v)
@@ -520,8 +505,13 @@ impl Region {
             };
             match self.store().add_static_ip(&sip, self.now()).await {
                 Ok(()) => {
-                    self.audit_change(actor, "link", format!("machine/{} {mac} {ip}", m.system_id))
-                        .await?;
+                    self.record_audit(
+                        actor,
+                        "link",
+                        format!("machine/{} {mac} {ip}", m.system_id),
+                        "",
+                    )
+                    .await?;
                     return Ok(sip);
                 }
                 Err(StoreError::Duplicate { .. }) if req.ip.is_none() => continue,
@@ -550,7 +540,7 @@ impl Region {
             });
         }
         self.store().remove_static_ip(ip).await?;
-        self.audit_change(actor, "unlink", format!("machine/{} {ip}", m.system_id))
+        self.record_audit(actor, "unlink", format!("machine/{} {ip}", m.system_id), "")
             .await
     }
 
