@@ -22,6 +22,7 @@ bash scripts/deps-power.sh
 bash scripts/deps-dhcp.sh
 bash scripts/deps-tftp.sh
 bash scripts/deps-dns.sh
+bash scripts/deps-rack.sh
 
 step "postgresql"
 KUMO_TEST_PG_URL=$(bash scripts/pg-test-server.sh start)

@@ -189,7 +189,8 @@ pub fn router(region: Region) -> Router {
             "/machines/{id}/addresses/{ip}",
             axum::routing::delete(unlink_machine),
         )
-        .route("/rack/config", get(rack_config));
+        .route("/rack/config", get(rack_config))
+        .route("/rack/rogue-dhcp", get(rogue_dhcp).post(report_rogue_dhcp));
     let metadata = Router::new()
         .route("/instructions", get(instructions))
         .route("/status", post(report_status))
@@ -705,7 +706,24 @@ async fn unlink_machine(
 }
 
 /// What a rack serves: DHCP subnets with their known hosts, and DNS data.
-async fn rack_config(State(r): State<Region>, User(a): User) -> ApiResult<impl IntoResponse> {
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RackConfigQuery {
+    /// Seconds to hold the request while the configuration still matches
+    /// the `If-None-Match` tag (a long poll); at most 300.
+    #[serde(default)]
+    wait: u64,
+}
+
+/// The rack's configuration with its tag in `ETag`. Given `If-None-Match`
+/// and `wait`, answers as soon as the configuration differs from that tag,
+/// or `304 Not Modified` once `wait` seconds pass without a change.
+async fn rack_config(
+    State(r): State<Region>,
+    User(a): User,
+    ApiQuery(q): ApiQuery<RackConfigQuery>,
+    headers: axum::http::HeaderMap,
+) -> ApiResult<Response> {
     if !a.admin {
         return Err(RegionError::Forbidden(format!(
             "the rack configuration needs an admin key; {} is not an admin",
@@ -713,5 +731,40 @@ async fn rack_config(State(r): State<Region>, User(a): User) -> ApiResult<impl I
         ))
         .into());
     }
-    Ok(Json(r.rack_config().await?))
+    if q.wait > 300 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("wait: {} seconds is over the limit of 300", q.wait),
+        ));
+    }
+    let known = headers
+        .get(axum::http::header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.trim()
+                .trim_start_matches("W/")
+                .trim_matches('"')
+                .to_owned()
+        });
+    let (tag, cfg) = r
+        .rack_config_wait(known.as_deref(), std::time::Duration::from_secs(q.wait))
+        .await?;
+    let etag = [(axum::http::header::ETAG, format!("\"{tag}\""))];
+    if known.as_deref() == Some(tag.as_str()) {
+        return Ok((StatusCode::NOT_MODIFIED, etag).into_response());
+    }
+    Ok((etag, Json(cfg)).into_response())
+}
+
+async fn rogue_dhcp(State(r): State<Region>, _u: User) -> ApiResult<impl IntoResponse> {
+    Ok(Json(r.rogue_dhcp().await?))
+}
+
+async fn report_rogue_dhcp(
+    State(r): State<Region>,
+    User(a): User,
+    ApiJson(report): ApiJson<kumo_model::network::RogueDhcpReport>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(r.report_rogue_dhcp(&a, report).await?))
 }

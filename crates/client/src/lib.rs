@@ -90,20 +90,7 @@ impl Client {
                 body: text.to_owned(),
             });
         }
-        match serde_json::from_str::<ErrorBody>(&text) {
-            Ok(e) => Err(ClientError::Api {
-                status: status.as_u16(),
-                code: e.error.code,
-                message: e.error.message,
-                field: e.error.field,
-                allowed_actions: e.error.allowed_actions,
-            }),
-            Err(_) => Err(ClientError::Decode {
-                url,
-                status: status.as_u16(),
-                body: text,
-            }),
-        }
+        Err(api_error(url, status, text))
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
@@ -134,10 +121,78 @@ impl Client {
         self.request(Method::PUT, path, Some(body)).await
     }
 
+    /// The rack configuration, long-polled: with `known` (the tag held
+    /// now), waits up to `wait_secs` for it to change and returns `None` if
+    /// it did not. Returns the new tag with the configuration.
+    pub async fn rack_config(
+        &self,
+        known: Option<&str>,
+        wait_secs: u64,
+    ) -> Result<Option<(String, kumo_model::network::RackConfig)>, ClientError> {
+        let url = format!("{}/api/v1/rack/config?wait={wait_secs}", self.base);
+        let mut req = self
+            .http
+            .get(&url)
+            .timeout(std::time::Duration::from_secs(wait_secs + 30));
+        if let Some(k) = &self.key {
+            req = req.bearer_auth(k);
+        }
+        if let Some(tag) = known {
+            req = req.header(reqwest::header::IF_NONE_MATCH, format!("\"{tag}\""));
+        }
+        let resp = req.send().await.map_err(|source| ClientError::Transport {
+            url: url.clone(),
+            source,
+        })?;
+        if resp.status() == StatusCode::NOT_MODIFIED {
+            return Ok(None);
+        }
+        let tag = resp
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim_matches('"').to_owned());
+        let status = resp.status();
+        let text = resp.text().await.map_err(|source| ClientError::Transport {
+            url: url.clone(),
+            source,
+        })?;
+        if !status.is_success() {
+            return Err(api_error(url, status, text));
+        }
+        match (tag, serde_json::from_str(&text)) {
+            (Some(tag), Ok(cfg)) => Ok(Some((tag, cfg))),
+            _ => Err(ClientError::Decode {
+                url,
+                status: status.as_u16(),
+                body: text,
+            }),
+        }
+    }
+
     pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
         self.request::<(), serde_json::Value>(Method::DELETE, path, None)
             .await
             .map(|_| ())
+    }
+}
+
+/// The error an unsuccessful answer carries, or a decode error if its body
+/// is not kumo's error JSON.
+fn api_error(url: String, status: StatusCode, text: String) -> ClientError {
+    match serde_json::from_str::<ErrorBody>(&text) {
+        Ok(e) => ClientError::Api {
+            status: status.as_u16(),
+            code: e.error.code,
+            message: e.error.message,
+            field: e.error.field,
+            allowed_actions: e.error.allowed_actions,
+        },
+        Err(_) => ClientError::Decode {
+            url,
+            status: status.as_u16(),
+            body: text,
+        },
     }
 }
 

@@ -23,7 +23,7 @@ use std::path::PathBuf;
 pub use config::{BootConfig, HostReservation, RateLimit, ServerConfig, SubnetConfig};
 pub use lease::{compact, encode_record, replay, Lease, LeaseChange, MacAddr};
 pub use server::{Action, Counters, LogLevel, RecvMeta, Server, DECLINE_HOLD, OFFER_HOLD};
-pub use shell::{load_journal, run};
+pub use shell::{interface_addrs, load_journal, run};
 
 /// Everything that can go wrong in kumo-dhcp.
 #[derive(Debug, thiserror::Error)]

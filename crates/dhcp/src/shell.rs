@@ -182,7 +182,8 @@ fn local_addr(interface: &str, config: &ServerConfig) -> Option<Ipv4Addr> {
         .or_else(|| addrs.first().copied())
 }
 
-fn interface_addrs(interface: &str) -> Vec<Ipv4Addr> {
+/// The IPv4 addresses of `interface`, in the order the kernel lists them.
+pub fn interface_addrs(interface: &str) -> Vec<Ipv4Addr> {
     let mut out = Vec::new();
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list we free below; every node

@@ -148,6 +148,48 @@ pub enum Command {
 pub enum RackCommand {
     /// Show what racks serve: DHCP subnets with known hosts, DNS data.
     Config,
+    /// Run the rack: DHCP, TFTP, HTTP boot and DNS on the given
+    /// interfaces, following the region's configuration (needs root for
+    /// ports 67, 69 and 53). Talks to the region of the current profile,
+    /// which must hold an admin key.
+    Serve(RackServeArgs),
+    /// Other DHCP servers racks heard on the networks they serve.
+    RogueDhcp,
+}
+
+#[derive(Args, Debug)]
+pub struct RackServeArgs {
+    /// An interface to serve on (repeat for several); it needs an IPv4 address.
+    #[arg(long = "interface", short = 'i', required = true)]
+    pub interfaces: Vec<String>,
+    /// This rack's name [default: the host name].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Rack state (lease journals, boot files) [default: <data dir>/rack].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Where Debian's ipxe package installed undionly.kpxe and snponly.efi.
+    #[arg(long, default_value = "/usr/lib/ipxe")]
+    pub ipxe_dir: PathBuf,
+    #[arg(long, default_value_t = 5248)]
+    pub http_port: u16,
+    #[arg(long, default_value_t = 69)]
+    pub tftp_port: u16,
+    #[arg(long, default_value_t = 53)]
+    pub dns_port: u16,
+    /// Serve no DNS (machines get the subnets' own DNS servers only).
+    #[arg(long)]
+    pub no_dns: bool,
+    /// Where to forward names outside kumo's domains, e.g. 192.0.2.53 or
+    /// 192.0.2.53:53 (repeatable) [default: the nameservers in /etc/resolv.conf].
+    #[arg(long = "dns-upstream")]
+    pub dns_upstreams: Vec<String>,
+    /// Seconds between probes for other DHCP servers on each interface; 0 disables.
+    #[arg(long, default_value_t = 60)]
+    pub rogue_dhcp_interval: u64,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    pub log_json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -744,6 +786,12 @@ pub async fn run_client_command(cmd: Command, profile: Option<&str>, format: For
         Command::Rack {
             command: RackCommand::Config,
         } => crate::cli_net::rack_config(&c, format).await,
+        Command::Rack {
+            command: RackCommand::RogueDhcp,
+        } => crate::cli_net::rogue_dhcp(&c, format).await,
+        Command::Rack {
+            command: RackCommand::Serve(_),
+        } => unreachable!("handled in main"),
         Command::Init(_)
         | Command::Region { .. }
         | Command::Login { .. }

@@ -557,3 +557,24 @@ pub async fn rack_config(c: &Client, format: Format) -> Result<()> {
         |_| unreachable!("tables print as YAML"),
     )
 }
+
+pub async fn rogue_dhcp(c: &Client, format: Format) -> Result<()> {
+    let reports: Vec<kumo_model::network::RogueDhcpReport> =
+        c.get("/api/v1/rack/rogue-dhcp").await?;
+    emit(format, &reports, |reports| {
+        let rows = reports
+            .iter()
+            .flat_map(|r| {
+                r.servers.iter().map(|s| {
+                    vec![
+                        r.rack.clone(),
+                        s.interface.clone(),
+                        s.server_id.to_string(),
+                        s.offered_ip.map(|i| i.to_string()).unwrap_or_default(),
+                    ]
+                })
+            })
+            .collect();
+        table(&["RACK", "INTERFACE", "SERVER", "OFFERED"], rows)
+    })
+}

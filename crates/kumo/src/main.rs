@@ -27,6 +27,9 @@ async fn run(args: cli::Cli) -> Result<()> {
         cli::Command::Region {
             command: cli::RegionCommand::Serve(a),
         } => serve::serve(a).await,
+        cli::Command::Rack {
+            command: cli::RackCommand::Serve(a),
+        } => serve::rack(a, args.profile.as_deref()).await,
         cmd => cli::run_client_command(cmd, args.profile.as_deref(), args.format).await,
     }
 }

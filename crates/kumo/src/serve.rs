@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use kumo_model::api::CreateUser;
 use kumo_region::{Actor, Region, RegionConfig, RegionError};
 
-use crate::cli::{InitArgs, ServeArgs};
+use crate::cli::{InitArgs, RackServeArgs, ServeArgs};
 use crate::config::{Profile, Profiles, RegionFile, DEFAULT_LISTEN};
 
 fn generate_password() -> String {
@@ -95,17 +95,32 @@ pub async fn init(a: InitArgs) -> Result<()> {
     Ok(())
 }
 
-pub async fn serve(a: ServeArgs) -> Result<()> {
+fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KUMO_LOG")
         .unwrap_or_else(|_| "info,sqlx=warn,tower_http=info".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if a.log_json {
+    if json {
         builder.json().init();
     } else {
         builder.init();
     }
+}
+
+/// SIGINT or SIGTERM.
+async fn stop_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down: finishing what is in flight");
+}
+
+pub async fn serve(a: ServeArgs) -> Result<()> {
+    init_logging(a.log_json);
     let dir: PathBuf = a.data_dir.unwrap_or_else(crate::config::default_data_dir);
     let file = RegionFile::load(&dir)?;
     let database = a.database.unwrap_or(file.database);
@@ -119,16 +134,7 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let workers = region.spawn_workers(stop_rx);
     tracing::info!(%listen, data_dir = %dir.display(), engine = ?region.store().engine(), "region serving");
-    let shutdown = async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        tracing::info!("shutting down: finishing requests in flight");
-    };
-    kumo_api::serve(region.clone(), listener, shutdown)
+    kumo_api::serve(region.clone(), listener, stop_signal())
         .await
         .context("serving the API")?;
     let _ = stop_tx.send(true);
@@ -136,4 +142,60 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
     region.store().close().await;
     tracing::info!("region stopped");
     Ok(())
+}
+
+/// `kumo rack serve`: the rack process, talking to the profile's region.
+pub async fn rack(a: RackServeArgs, profile: Option<&str>) -> Result<()> {
+    init_logging(a.log_json);
+    let (profile_name, p) = Profiles::load()?.pick(profile)?;
+    let region = kumo_client::Client::new(&p.url, Some(p.key.clone()));
+    let name = match a.name {
+        Some(n) => n,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "rack".into()),
+    };
+    let data_dir = a
+        .data_dir
+        .unwrap_or_else(|| crate::config::default_data_dir().join("rack"));
+    let mut opts = kumo_rack::RackOptions::new(&name, a.interfaces, data_dir);
+    opts.ipxe_dir = a.ipxe_dir;
+    opts.http_port = a.http_port;
+    opts.tftp_port = a.tftp_port;
+    opts.dns_port = (!a.no_dns).then_some(a.dns_port);
+    opts.dns_upstreams = if a.dns_upstreams.is_empty() {
+        resolv_conf_nameservers()
+    } else {
+        a.dns_upstreams
+            .iter()
+            .map(|u| parse_upstream(u))
+            .collect::<Result<_>>()?
+    };
+    opts.rogue_dhcp_interval =
+        (a.rogue_dhcp_interval > 0).then(|| std::time::Duration::from_secs(a.rogue_dhcp_interval));
+    tracing::info!(rack = %name, profile = %profile_name, region = %p.url, "rack starting");
+    kumo_rack::serve(opts, region, stop_signal())
+        .await
+        .context("serving the rack")
+}
+
+fn parse_upstream(s: &str) -> Result<std::net::SocketAddr> {
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    let ip: std::net::IpAddr = s.parse().with_context(|| {
+        format!("--dns-upstream {s:?}: expected an address, e.g. 192.0.2.53 or 192.0.2.53:53")
+    })?;
+    Ok((ip, 53).into())
+}
+
+/// The host's resolvers, which the rack forwards to unless told otherwise.
+fn resolv_conf_nameservers() -> Vec<std::net::SocketAddr> {
+    std::fs::read_to_string("/etc/resolv.conf")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|ip| ip.trim().parse::<std::net::IpAddr>().ok())
+        .map(|ip| (ip, 53).into())
+        .collect()
 }

@@ -24,6 +24,17 @@ const ALLOWED: &[(&str, &[&str])] = &[
         &["kumo-model", "kumo-region", "kumo-store", "kumo-power"],
     ),
     ("kumo-client", &["kumo-model"]),
+    // The rack service reaches the region only through its API client.
+    (
+        "kumo-rack",
+        &[
+            "kumo-model",
+            "kumo-client",
+            "kumo-dhcp",
+            "kumo-dns",
+            "kumo-tftp",
+        ],
+    ),
     // Binaries: anything.
     (
         "kumo",
@@ -34,6 +45,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "kumo-region",
             "kumo-api",
             "kumo-client",
+            "kumo-rack",
         ],
     ),
     (

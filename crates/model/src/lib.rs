@@ -7,6 +7,7 @@
 //! exhaustively and lets the store and the API share one vocabulary.
 
 pub mod api;
+pub mod boot;
 pub mod constraints;
 pub mod error;
 pub mod ids;

@@ -501,6 +501,42 @@ pub struct RackConfig {
     /// Forward and reverse names: (fully qualified name, address).
     pub hosts: Vec<(String, Ipv4Addr)>,
     pub records: Vec<DnsRecord>,
+    /// What each known MAC boots into; unknown MACs enlist.
+    #[serde(default)]
+    pub boot: Vec<RackBoot>,
+}
+
+/// One known machine's boot interface and what it boots into now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RackBoot {
+    pub mac: String,
+    pub system_id: String,
+    pub hostname: String,
+    pub purpose: crate::boot::BootPurpose,
+}
+
+/// Another DHCP server a rack heard answering on a network it serves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RogueDhcpServer {
+    /// The rack interface the offer arrived on.
+    pub interface: String,
+    /// The server identifier (option 54) of the offer.
+    pub server_id: Ipv4Addr,
+    #[serde(default)]
+    pub offered_ip: Option<Ipv4Addr>,
+    /// The IP source address of the offer, when it differs from the server id (a relay).
+    #[serde(default)]
+    pub source: Option<Ipv4Addr>,
+}
+
+/// What a rack's probe round found: the full list, so a server that went
+/// away is forgotten.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RogueDhcpReport {
+    pub rack: String,
+    pub servers: Vec<RogueDhcpServer>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

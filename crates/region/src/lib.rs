@@ -83,6 +83,9 @@ struct Inner {
     power_wakeup: Notify,
     power_in_flight: Mutex<std::collections::HashSet<String>>,
     metrics: Metrics,
+    /// Bumped after every committed change, so waiters (the rack's
+    /// long-poll) wake at once instead of at their next poll.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 /// What became of one machine transition attempt.
@@ -111,6 +114,7 @@ impl Region {
                 power_wakeup: Notify::new(),
                 power_in_flight: Mutex::new(Default::default()),
                 metrics: Metrics::new(),
+                changes: tokio::sync::watch::Sender::new(0),
             }),
         }
     }
@@ -176,6 +180,18 @@ impl Region {
         }
     }
 
+    /// Wakes everything waiting for a change (see [`Region::subscribe_changes`]).
+    fn changed(&self) {
+        self.inner.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver that sees a new value after each change this process
+    /// commits. Other region processes' changes are not seen: waiters also
+    /// poll (see `RegionConfig::poll_interval`).
+    pub fn subscribe_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+
     /// Writes one audit entry for a change that has no machine write to ride on.
     async fn record_audit(
         &self,
@@ -187,6 +203,7 @@ impl Region {
         self.store()
             .add_audit(self.now(), &Self::audit(actor, action, object, detail))
             .await?;
+        self.changed();
         Ok(())
     }
 
@@ -520,6 +537,7 @@ impl Region {
         self.store()
             .insert_machine(&m, &sealed, Some(audit))
             .await?;
+        self.changed();
         self.refresh_auto_tags(m.system_id.as_str()).await?;
         Ok(self.store().get_machine(m.system_id.as_str()).await?)
     }
@@ -553,7 +571,10 @@ impl Region {
                 ..scratch.clone()
             };
             match self.store().update_machine(write).await {
-                Ok(m) => return Ok(m),
+                Ok(m) => {
+                    self.changed();
+                    return Ok(m);
+                }
                 Err(StoreError::Conflict(_)) => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -690,6 +711,7 @@ impl Region {
         self.store()
             .delete_machine(m.system_id.as_str(), self.now(), Some(audit))
             .await?;
+        self.changed();
         Ok(())
     }
 
@@ -815,6 +837,7 @@ impl Region {
             };
             match self.store().update_machine(write).await {
                 Ok(stored) => {
+                    self.changed();
                     self.inner.metrics.transitions.inc();
                     if has_jobs {
                         self.inner.power_wakeup.notify_one();

@@ -4,12 +4,14 @@
 
 use std::net::Ipv4Addr;
 
+use kumo_model::boot::BootPurpose;
 use kumo_model::network::{
     check_range, check_static, next_free, parse_ip, Cidr, DnsRecord, Domain, Fabric, LinkRequest,
-    RackConfig, RackHost, RackSubnet, RangeKind, Subnet, SubnetRange, Vlan,
+    RackBoot, RackConfig, RackHost, RackSubnet, RangeKind, RogueDhcpReport, RogueDhcpServer,
+    Subnet, SubnetRange, Vlan,
 };
 use kumo_model::{MacAddress, Name};
-use kumo_store::{StaticIp, StoreError};
+use kumo_store::{NewEvent, StaticIp, StoreError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -570,6 +572,17 @@ impl Region {
         let mut cfg = RackConfig {
             domains: self.domains().await?,
             records: self.dns_records().await?,
+            boot: machines
+                .iter()
+                .flat_map(|m| {
+                    m.macs.iter().map(|mac| RackBoot {
+                        mac: mac.to_string(),
+                        system_id: m.system_id.to_string(),
+                        hostname: m.hostname.to_string(),
+                        purpose: BootPurpose::for_status(m.status),
+                    })
+                })
+                .collect(),
             ..Default::default()
         };
         for s in self.subnets().await? {
@@ -624,4 +637,134 @@ impl Region {
         }
         Ok(cfg)
     }
+
+    /// The rack configuration and its entity tag, once it differs from
+    /// `known` (the tag the rack holds) or `wait` has passed, whichever is
+    /// first. Changes made through this process wake the wait at once;
+    /// those made by other region processes are seen at the next poll.
+    pub async fn rack_config_wait(
+        &self,
+        known: Option<&str>,
+        wait: std::time::Duration,
+    ) -> Result<(String, RackConfig), RegionError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut changes = self.subscribe_changes();
+        loop {
+            changes.mark_unchanged();
+            let cfg = self.rack_config().await?;
+            let tag = rack_config_tag(&cfg);
+            let now = tokio::time::Instant::now();
+            if known != Some(tag.as_str()) || now >= deadline {
+                return Ok((tag, cfg));
+            }
+            let poll = (now + self.inner.config.poll_interval).min(deadline);
+            tokio::select! {
+                _ = changes.changed() => {}
+                () = tokio::time::sleep_until(poll) => {}
+            }
+        }
+    }
+
+    /// Records what a rack's rogue DHCP probe found: an event for each
+    /// server not reported by that rack before, and an event when one
+    /// stops answering. The list lives as network objects of kind
+    /// `rogue-dhcp`, one per rack.
+    pub async fn report_rogue_dhcp(
+        &self,
+        actor: &Actor,
+        report: RogueDhcpReport,
+    ) -> Result<Vec<RogueDhcpServer>, RegionError> {
+        Self::require_admin(actor, "reporting rogue DHCP servers")?;
+        kumo_model::network::check_dns_name("rack", &report.rack)?;
+        let key = report.rack.clone();
+        let before: Vec<RogueDhcpServer> =
+            match self.store().get_network_object(ROGUE_DHCP, &key).await {
+                Ok(v) => serde_json::from_value::<RogueDhcpReport>(v)
+                    .map(|r| r.servers)
+                    .unwrap_or_default(),
+                Err(StoreError::NotFound { .. }) => vec![],
+                Err(e) => return Err(e.into()),
+            };
+        let same = |a: &RogueDhcpServer, b: &RogueDhcpServer| {
+            a.interface == b.interface && a.server_id == b.server_id
+        };
+        let subject = format!("rack:{}", report.rack);
+        for s in &report.servers {
+            if !before.iter().any(|b| same(b, s)) {
+                let offered = s
+                    .offered_ip
+                    .map(|ip| format!(", offering {ip}"))
+                    .unwrap_or_default();
+                let message = format!(
+                    "rogue dhcp server {} answering on {}{offered}",
+                    s.server_id, s.interface
+                );
+                tracing::warn!(rack = %report.rack, "{message}");
+                self.store()
+                    .add_machine_event(
+                        &subject,
+                        self.now(),
+                        &NewEvent {
+                            kind: "rogue-dhcp",
+                            message,
+                        },
+                    )
+                    .await?;
+            }
+        }
+        for b in &before {
+            if !report.servers.iter().any(|s| same(b, s)) {
+                let message = format!(
+                    "rogue dhcp server {} no longer answers on {}",
+                    b.server_id, b.interface
+                );
+                self.store()
+                    .add_machine_event(
+                        &subject,
+                        self.now(),
+                        &NewEvent {
+                            kind: "rogue-dhcp-gone",
+                            message,
+                        },
+                    )
+                    .await?;
+            }
+        }
+        if before != report.servers {
+            let body = serde_json::to_value(&report).expect("plain data serialises");
+            match self
+                .store()
+                .put_network_object(ROGUE_DHCP, &key, &body, false)
+                .await
+            {
+                Err(StoreError::NotFound { .. }) => {
+                    self.store()
+                        .put_network_object(ROGUE_DHCP, &key, &body, true)
+                        .await?
+                }
+                r => r?,
+            }
+        }
+        Ok(report.servers)
+    }
+
+    /// Every rack's latest rogue DHCP findings, by rack name.
+    pub async fn rogue_dhcp(&self) -> Result<Vec<RogueDhcpReport>, RegionError> {
+        let reports: Vec<RogueDhcpReport> = self.objects(ROGUE_DHCP).await?;
+        Ok(reports
+            .into_iter()
+            .filter(|r| !r.servers.is_empty())
+            .collect())
+    }
+}
+
+const ROGUE_DHCP: &str = "rogue-dhcp";
+
+/// A short stable digest of a rack configuration: equal configurations
+/// get equal tags on every region process.
+pub fn rack_config_tag(cfg: &RackConfig) -> String {
+    use sha2::Digest;
+    let json = serde_json::to_vec(cfg).expect("plain data serialises");
+    let digest = sha2::Sha256::digest(&json);
+    digest[..12].iter().map(|b| format!("{b:02x}")).collect()
 }
