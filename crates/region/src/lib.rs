@@ -377,6 +377,8 @@ impl Region {
         limit: i64,
     ) -> Result<Vec<MachineEvent>, RegionError> {
         let sid = match id {
+            // Rack-level events (rogue DHCP servers) are filed under `rack:<name>`.
+            Some(id) if id.starts_with("rack:") => Some(id.to_owned()),
             Some(id) => Some(self.machine(id).await?.system_id.to_string()),
             None => None,
         };

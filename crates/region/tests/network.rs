@@ -359,3 +359,121 @@ async fn only_admins_change_the_network() {
         "forbidden"
     );
 }
+
+#[tokio::test]
+async fn the_rack_long_poll_wakes_on_a_change_and_times_out_without_one() {
+    let (r, _d) = region().await;
+    let (tag, _) = r
+        .rack_config_wait(None, std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    // Nothing changes: the wait runs out and the tag stays.
+    let t0 = std::time::Instant::now();
+    let (same, _) = r
+        .rack_config_wait(Some(&tag), std::time::Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(same, tag);
+    assert!(t0.elapsed() >= std::time::Duration::from_millis(300));
+    // A change made while a rack waits wakes it with the new configuration.
+    let waiter = {
+        let (r, tag) = (r.clone(), tag.clone());
+        tokio::spawn(async move {
+            r.rack_config_wait(Some(&tag), std::time::Duration::from_secs(60))
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    r.create_domain(
+        &admin(),
+        Domain {
+            name: "lab.test".into(),
+            ttl: 60,
+            authoritative: true,
+        },
+    )
+    .await
+    .unwrap();
+    let (new_tag, cfg) = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+        .await
+        .expect("the change woke the waiting rack")
+        .unwrap();
+    assert_ne!(new_tag, tag);
+    assert_eq!(cfg.domains[0].name, "lab.test");
+    // An unknown tag (another region's, or a stale one) answers at once.
+    let (now, _) = r
+        .rack_config_wait(Some("stale"), std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(now, new_tag);
+}
+
+#[tokio::test]
+async fn machines_boot_purpose_follows_their_status_in_the_rack_config() {
+    let (r, _d) = region().await;
+    let m = r
+        .add_machine(
+            &admin(),
+            AddMachine {
+                hostname: "node1".into(),
+                macs: vec!["52:54:00:00:00:01".into()],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let cfg = r.rack_config().await.unwrap();
+    assert_eq!(cfg.boot.len(), 1);
+    assert_eq!(cfg.boot[0].mac, "52:54:00:00:00:01");
+    assert_eq!(cfg.boot[0].system_id, m.system_id.to_string());
+    assert_eq!(
+        cfg.boot[0].purpose,
+        kumo_model::boot::BootPurpose::PowerOff,
+        "a New machine waits for commissioning"
+    );
+}
+
+#[tokio::test]
+async fn rogue_dhcp_reports_become_events_once_and_are_forgotten_when_gone() {
+    use kumo_model::network::{RogueDhcpReport, RogueDhcpServer};
+    let (r, _d) = region().await;
+    let rogue = RogueDhcpServer {
+        interface: "br0".into(),
+        server_id: "10.20.0.250".parse().unwrap(),
+        offered_ip: Some("10.20.0.77".parse().unwrap()),
+        source: None,
+    };
+    let report = |servers: Vec<RogueDhcpServer>| RogueDhcpReport {
+        rack: "rack1".into(),
+        servers,
+    };
+    r.report_rogue_dhcp(&admin(), report(vec![rogue.clone()]))
+        .await
+        .unwrap();
+    // The same finding again is not a new event.
+    r.report_rogue_dhcp(&admin(), report(vec![rogue.clone()]))
+        .await
+        .unwrap();
+    let listed = r.rogue_dhcp().await.unwrap();
+    assert_eq!(listed, vec![report(vec![rogue.clone()])]);
+    let events = r.machine_events(Some("rack:rack1"), 10).await.unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(events[0]
+        .message
+        .contains("rogue dhcp server 10.20.0.250 answering on br0, offering 10.20.0.77"));
+    r.report_rogue_dhcp(&admin(), report(vec![])).await.unwrap();
+    assert!(r.rogue_dhcp().await.unwrap().is_empty());
+    let events = r.machine_events(Some("rack:rack1"), 10).await.unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[1].kind, "rogue-dhcp-gone");
+    // Only admins (the rack's key) report.
+    let user = Actor {
+        username: "bob".into(),
+        admin: false,
+    };
+    assert!(r
+        .report_rogue_dhcp(&user, report(vec![rogue]))
+        .await
+        .is_err());
+}
