@@ -10,9 +10,15 @@
 //! Known machines ([`HostReservation`]) always get their static address;
 //! unknown ones get a dynamic-range address, sticky per MAC. PXE firmware
 //! gets the iPXE binary for its architecture, iPXE gets the HTTP boot script.
+//!
+//! [`probe`] looks for rogue DHCP servers on a served network: one
+//! broadcast DISCOVER, every offer not from our own server ids reported as a
+//! [`RogueServer`]; [`discover_probe`] and [`classify_reply`] are its pure
+//! core.
 
 mod config;
 mod lease;
+mod probe;
 mod pxe;
 mod server;
 mod shell;
@@ -22,6 +28,7 @@ use std::path::PathBuf;
 
 pub use config::{BootConfig, HostReservation, RateLimit, ServerConfig, SubnetConfig};
 pub use lease::{compact, encode_record, replay, Lease, LeaseChange, MacAddr};
+pub use probe::{classify_reply, discover_probe, probe, Offer, ProbeReply, RogueServer};
 pub use server::{Action, Counters, LogLevel, RecvMeta, Server, DECLINE_HOLD, OFFER_HOLD};
 pub use shell::{interface_addrs, load_journal, run};
 
@@ -41,6 +48,12 @@ pub enum Error {
     #[error("lease journal {path}")]
     Journal {
         path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("dhcp probe on interface {interface}")]
+    Probe {
+        interface: String,
         #[source]
         source: std::io::Error,
     },

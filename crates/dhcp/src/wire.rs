@@ -6,6 +6,8 @@
 //! query). So the raw packet is checked and rewritten first: BOOTREQUEST,
 //! Ethernet, magic cookie, well-formed option TLVs, and only the options the
 //! server reads, each with a valid length. What remains is safe to decode.
+//! The rogue-server probe reads replies through the same guard
+//! ([`decode_reply`]), keeping only the options it reads.
 
 use dhcproto::v4::Message;
 use dhcproto::{Decodable, Decoder};
@@ -25,13 +27,37 @@ fn allowed_len(code: u8, len: usize) -> bool {
     }
 }
 
+/// The options the probe reads in a server's reply.
+fn reply_allowed_len(code: u8, len: usize) -> bool {
+    match code {
+        53 => len == 1,      // message type
+        54 | 51 => len == 4, // server id, lease time
+        _ => false,
+    }
+}
+
 /// Decodes a client packet, or says why it is malformed.
 pub(crate) fn decode(packet: &[u8]) -> Result<Message, &'static str> {
+    guarded(packet, (1, "not a bootrequest"), allowed_len)
+}
+
+/// Decodes a server's reply (BOOTREPLY), or says why it is malformed.
+pub(crate) fn decode_reply(packet: &[u8]) -> Result<Message, &'static str> {
+    guarded(packet, (2, "not a bootreply"), reply_allowed_len)
+}
+
+/// The header and option checks: op code `op.0` (else the error `op.1`),
+/// keeping the options `allowed` accepts.
+fn guarded(
+    packet: &[u8],
+    op: (u8, &'static str),
+    allowed: fn(u8, usize) -> bool,
+) -> Result<Message, &'static str> {
     if packet.len() < HEADER + MAGIC.len() {
         return Err("shorter than a bootp header");
     }
-    if packet[0] != 1 {
-        return Err("not a bootrequest");
+    if packet[0] != op.0 {
+        return Err(op.1);
     }
     if packet[1] != 1 || packet[2] != 6 {
         return Err("not an ethernet hardware address");
@@ -58,7 +84,7 @@ pub(crate) fn decode(packet: &[u8]) -> Result<Message, &'static str> {
                     .get(i + 2..i + 2 + len)
                     .ok_or("option overruns packet")?;
                 // First occurrence only: dhcproto would concatenate repeats (RFC 3396).
-                if allowed_len(code, len)
+                if allowed(code, len)
                     && !seen[code as usize]
                     && (code != 12 || std::str::from_utf8(data).is_ok())
                 {
