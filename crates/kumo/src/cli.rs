@@ -82,7 +82,7 @@ pub enum Command {
     },
     /// Machine events, newest last.
     Events {
-        /// Only this machine's (system id or hostname).
+        /// Only this machine's (system id or hostname), or a rack's (rack:NAME).
         #[arg(long)]
         machine: Option<String>,
         #[arg(long, default_value_t = 50)]

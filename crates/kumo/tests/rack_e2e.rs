@@ -28,6 +28,16 @@ struct Host {
 
 impl Drop for Host {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            for log in ["region.log", "rack.log", "dhclient.log", "dnsmasq.log"] {
+                let text = self.log(log);
+                let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                eprintln!("--- last lines of {log}:");
+                for l in tail.iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
         for c in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
@@ -132,6 +142,7 @@ impl Host {
     fn in_ns(&self, ns: &str, program: &str) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", ns, program])
+            .env("KUMO_LOG", "info,kumo_rack=debug,kumo_dhcp=debug")
             .env("KUMO_CONFIG_DIR", self.path("config"))
             .env("KUMO_DATA_DIR", self.path("data"))
             .env_remove("KUMO_PROFILE");
@@ -298,7 +309,7 @@ fn a_new_user_defines_a_subnet_starts_region_and_rack_and_clients_boot() {
             "--dns-upstream",
             "127.0.0.1:9",
             "--rogue-dhcp-interval",
-            "0",
+            "2",
         ],
         "rack.log",
     );
@@ -469,6 +480,38 @@ fn a_new_user_defines_a_subnet_starts_region_and_rack_and_clients_boot() {
     assert!(
         rack_log.contains("boot script served") && rack_log.contains(QEMU_MAC),
         "{rack_log}"
+    );
+    assert!(
+        !h.ok(&["rack", "rogue-dhcp"]).contains("10.216"),
+        "the rack's own server is not a rogue"
+    );
+
+    // A second DHCP server on the segment is reported as rogue, with an event.
+    let leases = h.path("dnsmasq.leases");
+    h.spawn(
+        &client_ns,
+        "dnsmasq",
+        &[
+            "--no-daemon",
+            "--port=0",
+            "--interface=kc0",
+            "--bind-interfaces",
+            "--dhcp-range=10.216.0.200,10.216.0.210,1h",
+            &format!("--dhcp-leasefile={}", leases.display()),
+        ],
+        "dnsmasq.log",
+    );
+    let took = wait_until("the rack to report dnsmasq as rogue", 30, || {
+        h.ok(&["rack", "rogue-dhcp"]).contains("10.216.0.10")
+    });
+    eprintln!(
+        "rogue dhcp server reported {} s after it started",
+        took.as_secs()
+    );
+    let events = h.ok(&["events", "--limit", "50"]);
+    assert!(
+        events.contains("rogue dhcp server 10.216.0.10 answering on kbr0"),
+        "{events}"
     );
 }
 

@@ -247,6 +247,17 @@ pub async fn serve(
         });
     }
 
+    if let Some(every) = opts.rogue_dhcp_interval {
+        let (region, stop) = (region.clone(), stopped());
+        let (name, ifaces) = (opts.name.clone(), interfaces.clone());
+        tasks.spawn(async move {
+            tokio::select! {
+                () = probe_for_rogues(&region, &name, &ifaces, every) => Ok(()),
+                () = stop => Ok(()),
+            }
+        });
+    }
+
     tokio::pin!(shutdown);
     let result = tokio::select! {
         () = &mut shutdown => Ok(()),
@@ -334,6 +345,59 @@ async fn apply(
         }
         Err(e) => {
             tracing::error!(error = %e, "dns zones from the region refused; keeping the old ones")
+        }
+    }
+}
+
+/// How long a probe listens for offers.
+const PROBE_WAIT: Duration = Duration::from_secs(3);
+
+/// Every `every`, sends a DHCPDISCOVER on each interface and reports to the
+/// region whichever servers other than this rack answer. The report is the
+/// full list each round, so the region also learns when one goes away.
+async fn probe_for_rogues(region: &Client, rack: &str, interfaces: &[Interface], every: Duration) {
+    let own: Vec<Ipv4Addr> = interfaces.iter().map(|i| i.addr).collect();
+    // One MAC per process, locally administered and unicast (never a real
+    // NIC's), so our own server keeps re-offering the probe one address.
+    let mut mac: [u8; 6] = rand::random();
+    mac[0] = (mac[0] & 0xfc) | 0x02;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tracing::info!(?every, probe_mac = %kumo_dhcp::MacAddr(mac), "probing for rogue dhcp servers");
+    loop {
+        tick.tick().await;
+        tracing::debug!("rogue dhcp probe round");
+        let mut servers = vec![];
+        for iface in interfaces {
+            let xid: u32 = rand::random();
+            match kumo_dhcp::probe(&iface.name, &own, PROBE_WAIT, xid, kumo_dhcp::MacAddr(mac))
+                .await
+            {
+                Ok(found) => servers.extend(found.into_iter().map(|r| {
+                    kumo_model::network::RogueDhcpServer {
+                        interface: r.interface,
+                        server_id: r.server_id,
+                        offered_ip: Some(r.offered_ip),
+                        source: (r.source_ip != r.server_id).then_some(r.source_ip),
+                    }
+                })),
+                Err(e) => {
+                    tracing::warn!(interface = %iface.name, error = %e, "rogue dhcp probe failed")
+                }
+            }
+        }
+        for s in &servers {
+            tracing::warn!(interface = %s.interface, server = %s.server_id, "another dhcp server answers on a served network");
+        }
+        let report = kumo_model::network::RogueDhcpReport {
+            rack: rack.to_owned(),
+            servers,
+        };
+        if let Err(e) = region
+            .post::<_, serde_json::Value>("/api/v1/rack/rogue-dhcp", &report)
+            .await
+        {
+            tracing::warn!(error = %e, "rogue dhcp report not delivered; next round retries");
         }
     }
 }
