@@ -428,3 +428,67 @@ async fn metrics_are_prometheus_text_and_shutdown_is_graceful() {
         "the listener is closed"
     );
 }
+
+#[tokio::test]
+async fn rack_config_long_polls_by_etag_and_rogue_reports_are_checked() {
+    let api = Api::start().await;
+    let url = format!("{}/api/v1/rack/config", api.base);
+    let first = api
+        .http
+        .get(&url)
+        .bearer_auth(&api.admin_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let etag = first.headers()["etag"].to_str().unwrap().to_owned();
+    assert!(etag.starts_with('"') && etag.len() > 10, "{etag}");
+    // Unchanged within the wait: 304 with the same tag.
+    let again = api
+        .http
+        .get(format!("{url}?wait=1"))
+        .bearer_auth(&api.admin_key)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(again.headers()["etag"].to_str().unwrap(), etag);
+    // A stale tag gets the configuration at once.
+    let stale = api
+        .http
+        .get(format!("{url}?wait=60"))
+        .bearer_auth(&api.admin_key)
+        .header("if-none-match", "\"0000\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), StatusCode::OK);
+    let (s, body) = api.admin("GET", "/api/v1/rack/config?wait=301", None).await;
+    assert_eq!((s, code(&body)), (StatusCode::BAD_REQUEST, "invalid_query"));
+    let (s, body) = api.admin("GET", "/api/v1/rack/config?wiat=3", None).await;
+    assert_eq!((s, code(&body)), (StatusCode::BAD_REQUEST, "invalid_query"));
+
+    let rogue = json!({"rack": "rack1", "servers": [
+        {"interface": "br0", "server_id": "10.0.0.250", "offered_ip": "10.0.0.77"}]});
+    let (s, body) = api
+        .admin("POST", "/api/v1/rack/rogue-dhcp", Some(json!({"rack": "rack1", "servers": [{"interface": "br0", "server_id": "10.0.0.999"}]})))
+        .await;
+    assert_eq!(
+        (s, code(&body)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
+        "{body}"
+    );
+    let (s, _) = api
+        .admin("POST", "/api/v1/rack/rogue-dhcp", Some(rogue.clone()))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, listed) = api.admin("GET", "/api/v1/rack/rogue-dhcp", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(listed[0]["servers"][0]["server_id"], "10.0.0.250");
+    let (s, events) = api
+        .admin("GET", "/api/v1/events?machine=rack:rack1", None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(events[0]["kind"], "rogue-dhcp", "{events}");
+}
