@@ -324,7 +324,7 @@ fn a_new_user_defines_a_subnet_starts_region_and_rack_and_clients_boot() {
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\necho \"$reason ip=$new_ip_address dns=$new_domain_name_servers domain=$new_domain_name router=$new_routers\" >> {}\nexit 0\n",
+            "#!/bin/sh\necho \"$reason ip=$new_ip_address dns=$new_domain_name_servers domain=$new_domain_name router=$new_routers host=$new_host_name\" >> {}\nexit 0\n",
             events.display()
         ),
     )
@@ -356,7 +356,7 @@ fn a_new_user_defines_a_subnet_starts_region_and_rack_and_clients_boot() {
     let bound = h.log("dhclient.events");
     assert!(
         bound.contains(&format!(
-            "BOUND ip=10.216.0.10 dns={RACK_IP} domain=lab.kumo router=10.216.0.1"
+            "BOUND ip=10.216.0.10 dns={RACK_IP} domain=lab.kumo router=10.216.0.1 host=node1"
         )),
         "{bound}"
     );
