@@ -93,7 +93,8 @@ pub fn router(
     state: Arc<BootState>,
     extra_metrics: Arc<dyn Fn() -> String + Send + Sync>,
 ) -> Router {
-    let files = ServeDir::new(&state.boot_dir);
+    // Large reads: boot files are kernels and images, read once, start to end.
+    let files = ServeDir::new(&state.boot_dir).with_buf_chunk_size(1 << 20);
     Router::new()
         .route("/ipxe/boot.ipxe", get(generic))
         .route("/ipxe/mac/{mac}", get(for_mac))
