@@ -80,14 +80,30 @@ pub async fn run(
     loop {
         let actions = tokio::select! {
             _ = &mut shutdown => break,
-            r = sock.recv_from(&mut buf) => match r {
-                Ok((n, SocketAddr::V4(src))) => server.handle(&buf[..n], RecvMeta { src, local_addr }, SystemTime::now()),
-                Ok((_, SocketAddr::V6(_))) => continue,
-                Err(e) => {
-                    tracing::warn!(interface, error = %e, "dhcp receive failed");
-                    continue;
+            r = sock.recv_from(&mut buf) => {
+                let mut actions = Vec::new();
+                let mut received = Some(r);
+                let mut batch = 0;
+                // Group commit: every packet already queued is handled now,
+                // so one fsync covers all their leases.
+                while let Some(r) = received.take() {
+                    match r {
+                        Ok((n, SocketAddr::V4(src))) => actions.extend(server.handle(
+                            &buf[..n],
+                            RecvMeta { src, local_addr },
+                            SystemTime::now(),
+                        )),
+                        Ok((_, SocketAddr::V6(_))) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) => tracing::warn!(interface, error = %e, "dhcp receive failed"),
+                    }
+                    batch += 1;
+                    if batch < MAX_BATCH {
+                        received = Some(sock.try_recv_from(&mut buf));
+                    }
                 }
-            },
+                actions
+            }
             _ = tick.tick() => {
                 local_addr = local_addr_or(interface, server.config(), local_addr);
                 server.expire(SystemTime::now())
@@ -110,36 +126,27 @@ pub async fn run(
     Ok(())
 }
 
+/// Packets handled before one journal commit: enough to amortise an fsync
+/// under load, few enough that the first reply of a batch is not held long.
+const MAX_BATCH: usize = 256;
+
+/// Performs one batch of actions (from one or more packets) as one commit:
+/// every `Persist` is appended with a single write and made durable with a
+/// single fsync, and only then are the replies sent. Sending later than the
+/// core asked is always safe; sending before the lease is durable is not.
+/// If the journal fails, replies that followed a `Persist` are withheld
+/// (an ACK now could be double-assigned after a crash); replies before the
+/// first `Persist` depend on nothing in this batch and are sent.
 async fn perform(actions: Vec<Action>, sock: &UdpSocket, journal: &mut File, path: &Path) {
-    let mut unsynced = false;
-    let mut journal_failed = false;
+    let mut records = String::new();
+    let mut sends = Vec::new();
     for action in actions {
         match action {
             Action::Persist(change) => {
-                let line = encode_record(&change) + "\n";
-                if let Err(e) = journal.write_all(line.as_bytes()) {
-                    tracing::error!(journal = %path.display(), error = %e, "lease journal append failed");
-                    journal_failed = true;
-                }
-                unsynced = true;
+                records.push_str(&encode_record(&change));
+                records.push('\n');
             }
-            Action::Send { to, payload, .. } => {
-                if unsynced {
-                    unsynced = false;
-                    if let Err(e) = journal.sync_data() {
-                        tracing::error!(journal = %path.display(), error = %e, "lease journal fsync failed");
-                        journal_failed = true;
-                    }
-                }
-                if journal_failed {
-                    // The lease is not durable: an ACK now could be double-assigned after a crash.
-                    tracing::error!(%to, "reply withheld: lease not durable");
-                    continue;
-                }
-                if let Err(e) = sock.send_to(&payload, SocketAddr::V4(to)).await {
-                    tracing::warn!(%to, error = %e, "dhcp send failed");
-                }
-            }
+            Action::Send { to, payload, .. } => sends.push((to, payload, !records.is_empty())),
             Action::Log { level, message } => match level {
                 LogLevel::Debug => tracing::debug!("{message}"),
                 LogLevel::Info => tracing::info!("{message}"),
@@ -147,9 +154,23 @@ async fn perform(actions: Vec<Action>, sock: &UdpSocket, journal: &mut File, pat
             },
         }
     }
-    if unsynced {
-        if let Err(e) = journal.sync_data() {
+    let mut durable = true;
+    if !records.is_empty() {
+        if let Err(e) = journal.write_all(records.as_bytes()) {
+            tracing::error!(journal = %path.display(), error = %e, "lease journal append failed");
+            durable = false;
+        } else if let Err(e) = journal.sync_data() {
             tracing::error!(journal = %path.display(), error = %e, "lease journal fsync failed");
+            durable = false;
+        }
+    }
+    for (to, payload, needs_durable) in sends {
+        if needs_durable && !durable {
+            tracing::error!(%to, "reply withheld: lease not durable");
+            continue;
+        }
+        if let Err(e) = sock.send_to(&payload, SocketAddr::V4(to)).await {
+            tracing::warn!(%to, error = %e, "dhcp send failed");
         }
     }
 }
@@ -210,4 +231,86 @@ fn interface_addrs(interface: &str) -> Vec<Ipv4Addr> {
         libc::freeifaddrs(head);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{LeaseChange, MacAddr};
+
+    fn bind(n: u8) -> Action {
+        Action::Persist(LeaseChange::Bind(Lease {
+            mac: MacAddr([0x52, 0x54, 0, 0, 0, n]),
+            ip: Ipv4Addr::new(10, 0, 0, n),
+            expires_unix_ms: 1_000_000,
+            hostname: None,
+        }))
+    }
+
+    fn send(to: SocketAddr, payload: &str) -> Action {
+        let SocketAddr::V4(to) = to else {
+            unreachable!()
+        };
+        Action::Send {
+            to,
+            broadcast: false,
+            payload: payload.as_bytes().to_vec(),
+        }
+    }
+
+    /// The datagrams that arrive within a moment.
+    fn received(rx: &std::net::UdpSocket) -> Vec<String> {
+        rx.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 64];
+        while let Ok(n) = rx.recv(&mut buf) {
+            out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        out
+    }
+
+    /// Two packets' worth of actions, as one group commit handles them.
+    fn batch(to: SocketAddr) -> Vec<Action> {
+        vec![
+            send(to, "nak-first"),
+            bind(1),
+            send(to, "ack-1"),
+            bind(2),
+            send(to, "ack-2"),
+        ]
+    }
+
+    #[tokio::test]
+    async fn group_commit_writes_every_lease_then_sends_every_reply() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("leases.journal");
+        let mut journal = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        perform(batch(rx.local_addr().unwrap()), &sock, &mut journal, &path).await;
+        assert_eq!(received(&rx), ["nak-first", "ack-1", "ack-2"]);
+        let leases = replay(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let ips: Vec<_> = leases.iter().map(|l| l.ip).collect();
+        assert_eq!(ips, [Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)]);
+    }
+
+    #[tokio::test]
+    async fn group_commit_withholds_replies_whose_lease_is_not_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("leases.journal");
+        std::fs::write(&path, "").unwrap();
+        // Read-only: the append fails, as on a full or failing disk.
+        let mut journal = File::open(&path).unwrap();
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        perform(batch(rx.local_addr().unwrap()), &sock, &mut journal, &path).await;
+        // The reply before the batch's first lease depends on none of them.
+        assert_eq!(received(&rx), ["nak-first"]);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+    }
 }
