@@ -82,6 +82,29 @@ impl Lab {
             ])?;
             ip(&["-n", ns, "link", "set", ifname, "up"])?;
         }
+        // Permanent neighbour entries: no ARP during a measurement, and no
+        // first packets dropped while an address resolves.
+        let server_mac = mac(s, &self.server_if)?;
+        let client_mac = mac(c, &self.client_if)?;
+        for (ns, ifname, addr, lladdr) in [
+            (s, &self.server_if, self.client_ip, &client_mac),
+            (c, &self.client_if, self.server_ip, &server_mac),
+        ] {
+            let addr = addr.to_string();
+            ip(&[
+                "-n",
+                ns,
+                "neigh",
+                "replace",
+                &addr,
+                "lladdr",
+                lladdr,
+                "dev",
+                ifname,
+                "nud",
+                "permanent",
+            ])?;
+        }
         Ok(())
     }
 
@@ -110,10 +133,10 @@ impl Lab {
                 .output()
                 .context("running ss")?;
             let text = String::from_utf8_lossy(&out.stdout);
-            if text
-                .lines()
-                .any(|l| l.split_whitespace().any(|f| f.ends_with(&format!(":{port}"))))
-            {
+            if text.lines().any(|l| {
+                l.split_whitespace()
+                    .any(|f| f.ends_with(&format!(":{port}")))
+            }) {
                 // Listening is not yet serving for every daemon (BIND loads
                 // zones after binding); a moment more is cheap.
                 tokio::time::sleep(Duration::from_millis(300)).await;
@@ -141,6 +164,21 @@ impl Drop for Lab {
                 .status();
         }
     }
+}
+
+/// The link-layer address of `ifname` in `ns`.
+fn mac(ns: &str, ifname: &str) -> Result<String> {
+    let out = StdCommand::new("ip")
+        .args(["-n", ns, "-o", "link", "show", "dev", ifname])
+        .output()
+        .context("running ip (iproute2)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut words = text.split_whitespace();
+    words
+        .find(|w| *w == "link/ether")
+        .and(words.next())
+        .map(str::to_owned)
+        .with_context(|| format!("no link/ether address for {ifname} in {ns}: {text}"))
 }
 
 fn ip(args: &[&str]) -> Result<()> {
@@ -174,7 +212,8 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> Result<Daemon> {
-        let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let out =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         cmd.stdout(out.try_clone()?).stderr(out);
         let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
         Ok(Daemon {
@@ -259,7 +298,7 @@ pub fn field(text: &str, key: &str) -> Option<f64> {
     let rest = &line[line.find(key)? + key.len()..];
     rest.split(|c: char| c.is_whitespace() || c == '(' || c == ',')
         .find(|w| !w.is_empty())?
-        .trim_end_matches('%')
+        .trim_end_matches(['%', ')'])
         .parse()
         .ok()
 }

@@ -181,9 +181,7 @@ async fn download(lab: &Lab, set: &OptionSet, out_dir: &Path, mib: u64) -> Resul
             for o in set.options {
                 cmd.args(["--option", o]);
             }
-            cmd.args(["-g", "-r", FILE, "-l"])
-                .arg(&local)
-                .arg(&server);
+            cmd.args(["-g", "-r", FILE, "-l"]).arg(&local).arg(&server);
         }
     }
     let (_, took) = lab::output(cmd, "the tftp client").await?;
@@ -199,7 +197,9 @@ async fn download(lab: &Lab, set: &OptionSet, out_dir: &Path, mib: u64) -> Resul
 
 fn print_table(table: &[(&'static str, Vec<f64>)]) {
     println!();
-    println!("TFTP download throughput in MiB/s (file size / client wall time), by client option set");
+    println!(
+        "TFTP download throughput in MiB/s (file size / client wall time), by client option set"
+    );
     let mut header = format!("{:<10}", "server");
     for set in OPTION_SETS {
         header.push_str(&format!(" | {:>30}", set.label));
