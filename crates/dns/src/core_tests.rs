@@ -417,7 +417,8 @@ fn cached_replies_equal_fresh_ones_under_the_askers_id_and_count_alike() {
             Outcome::Forward(_)
         ));
         assert!(matches!(
-            cached.handle_udp_cached(&mut cache, &[0u8; 12]),
+            // A response, not a query.
+            cached.handle_udp_cached(&mut cache, &[0, 0, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
             Outcome::Drop
         ));
     }
