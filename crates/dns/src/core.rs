@@ -249,7 +249,7 @@ impl Server {
                 if cache.entries.len() >= cache.capacity {
                     cache.entries.clear();
                 }
-                let nxdomain = reply[3] & 0x0f == u8::from(ResponseCode::NXDomain.low());
+                let nxdomain = reply[3] & 0x0f == ResponseCode::NXDomain.low();
                 cache.entries.insert(
                     query[2..].into(),
                     CachedReply {
