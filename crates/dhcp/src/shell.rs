@@ -4,7 +4,8 @@ use std::fs::{File, OpenOptions};
 use std::future::Future;
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -63,15 +64,24 @@ pub async fn run(
         path: lease_journal.to_path_buf(),
         source,
     };
-    let mut journal = OpenOptions::new()
+    let journal = OpenOptions::new()
         .create(true)
         .append(true)
         .open(lease_journal)
         .map_err(journal_err)?;
-    let sock = bind(interface).map_err(|source| Error::Socket {
+    let sock = Arc::new(bind(interface).map_err(|source| Error::Socket {
         interface: interface.to_string(),
         source,
-    })?;
+    })?);
+    // Lease commits run beside the receive loop: while one batch's fsync is
+    // under way, the next packets are handled.
+    let (commits, pending) = mpsc::channel(COMMIT_QUEUE);
+    let committer = tokio::spawn(committer(
+        pending,
+        journal,
+        sock.clone(),
+        lease_journal.to_path_buf(),
+    ));
     tracing::info!(interface, journal = %lease_journal.display(), leases = server.leases().len(), "dhcp server listening on port 67");
     let mut local_addr = local_addr(interface, server.config());
     let mut buf = vec![0u8; 4096];
@@ -80,14 +90,30 @@ pub async fn run(
     loop {
         let actions = tokio::select! {
             _ = &mut shutdown => break,
-            r = sock.recv_from(&mut buf) => match r {
-                Ok((n, SocketAddr::V4(src))) => server.handle(&buf[..n], RecvMeta { src, local_addr }, SystemTime::now()),
-                Ok((_, SocketAddr::V6(_))) => continue,
-                Err(e) => {
-                    tracing::warn!(interface, error = %e, "dhcp receive failed");
-                    continue;
+            r = sock.recv_from(&mut buf) => {
+                let mut actions = Vec::new();
+                let mut received = Some(r);
+                let mut batch = 0;
+                // Group commit: every packet already queued is handled now,
+                // so one fsync covers all their leases.
+                while let Some(r) = received.take() {
+                    match r {
+                        Ok((n, SocketAddr::V4(src))) => actions.extend(server.handle(
+                            &buf[..n],
+                            RecvMeta { src, local_addr },
+                            SystemTime::now(),
+                        )),
+                        Ok((_, SocketAddr::V6(_))) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) => tracing::warn!(interface, error = %e, "dhcp receive failed"),
+                    }
+                    batch += 1;
+                    if batch < MAX_BATCH {
+                        received = Some(sock.try_recv_from(&mut buf));
+                    }
                 }
-            },
+                actions
+            }
             _ = tick.tick() => {
                 local_addr = local_addr_or(interface, server.config(), local_addr);
                 server.expire(SystemTime::now())
@@ -104,42 +130,59 @@ pub async fn run(
                 }
             },
         };
-        perform(actions, &sock, &mut journal, lease_journal).await;
+        let (now, commit) = plan(actions);
+        for (to, payload) in now {
+            send(&sock, to, &payload).await;
+        }
+        if !commit.is_empty() && commits.send(commit).await.is_err() {
+            tracing::error!(interface, "lease committer stopped");
+            break;
+        }
     }
+    // Whatever was handled is committed (and answered) before returning.
+    drop(commits);
+    let _ = committer.await;
     tracing::info!(interface, "dhcp server stopped");
     Ok(())
 }
 
-async fn perform(actions: Vec<Action>, sock: &UdpSocket, journal: &mut File, path: &Path) {
-    let mut unsynced = false;
-    let mut journal_failed = false;
+/// Packets handled before one journal commit: enough to amortise an fsync
+/// under load, few enough that the first reply of a batch is not held long.
+const MAX_BATCH: usize = 256;
+/// Commits waiting for the committer before the receive loop waits too.
+const COMMIT_QUEUE: usize = 1024;
+
+/// A batch's lease records and the replies that must wait for them.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Commit {
+    /// Journal lines, each ending in a newline.
+    records: String,
+    replies: Vec<(SocketAddrV4, Vec<u8>)>,
+}
+
+impl Commit {
+    fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.replies.is_empty()
+    }
+}
+
+/// Splits one batch of actions (from one or more packets): replies before
+/// the batch's first `Persist` depend on no lease change and may go at
+/// once; every later reply waits for the batch's records to be durable.
+/// Logs are emitted here.
+fn plan(actions: Vec<Action>) -> (Vec<(SocketAddrV4, Vec<u8>)>, Commit) {
+    let mut now = Vec::new();
+    let mut commit = Commit::default();
     for action in actions {
         match action {
             Action::Persist(change) => {
-                let line = encode_record(&change) + "\n";
-                if let Err(e) = journal.write_all(line.as_bytes()) {
-                    tracing::error!(journal = %path.display(), error = %e, "lease journal append failed");
-                    journal_failed = true;
-                }
-                unsynced = true;
+                commit.records.push_str(&encode_record(&change));
+                commit.records.push('\n');
             }
-            Action::Send { to, payload, .. } => {
-                if unsynced {
-                    unsynced = false;
-                    if let Err(e) = journal.sync_data() {
-                        tracing::error!(journal = %path.display(), error = %e, "lease journal fsync failed");
-                        journal_failed = true;
-                    }
-                }
-                if journal_failed {
-                    // The lease is not durable: an ACK now could be double-assigned after a crash.
-                    tracing::error!(%to, "reply withheld: lease not durable");
-                    continue;
-                }
-                if let Err(e) = sock.send_to(&payload, SocketAddr::V4(to)).await {
-                    tracing::warn!(%to, error = %e, "dhcp send failed");
-                }
+            Action::Send { to, payload, .. } if commit.records.is_empty() => {
+                now.push((to, payload))
             }
+            Action::Send { to, payload, .. } => commit.replies.push((to, payload)),
             Action::Log { level, message } => match level {
                 LogLevel::Debug => tracing::debug!("{message}"),
                 LogLevel::Info => tracing::info!("{message}"),
@@ -147,10 +190,71 @@ async fn perform(actions: Vec<Action>, sock: &UdpSocket, journal: &mut File, pat
             },
         }
     }
-    if unsynced {
-        if let Err(e) = journal.sync_data() {
-            tracing::error!(journal = %path.display(), error = %e, "lease journal fsync failed");
+    (now, commit)
+}
+
+/// Group commit: takes every commit queued so far, appends all their
+/// records with one write, makes them durable with one fsync (on the
+/// blocking pool, so the receive loop runs meanwhile), then sends their
+/// replies, in order. Sending later than the core asked is always safe;
+/// sending before the lease is durable is not, so if the journal fails the
+/// group's replies are withheld (an ACK now could be double-assigned after
+/// a crash) and the next group tries again.
+async fn committer(
+    mut pending: mpsc::Receiver<Commit>,
+    mut journal: File,
+    sock: Arc<UdpSocket>,
+    path: PathBuf,
+) {
+    while let Some(first) = pending.recv().await {
+        let mut group = vec![first];
+        while let Ok(more) = pending.try_recv() {
+            group.push(more);
         }
+        let Some((file, durable)) = commit_group(&group, journal, &path).await else {
+            tracing::error!(journal = %path.display(), "lease journal writer cancelled; replies withheld");
+            return;
+        };
+        journal = file;
+        for (to, payload) in group.iter().flat_map(|c| &c.replies) {
+            if durable {
+                send(&sock, *to, payload).await;
+            } else {
+                tracing::error!(%to, "reply withheld: lease not durable");
+            }
+        }
+    }
+}
+
+/// Appends and fsyncs the group's records; whether they are durable.
+async fn commit_group(group: &[Commit], journal: File, path: &Path) -> Option<(File, bool)> {
+    let records: String = group.iter().map(|c| c.records.as_str()).collect();
+    if records.is_empty() {
+        return Some((journal, true));
+    }
+    let path = path.to_path_buf();
+    let write = move || {
+        let mut journal = journal;
+        let r = journal
+            .write_all(records.as_bytes())
+            .map_err(|e| ("lease journal append failed", e))
+            .and_then(|()| {
+                journal
+                    .sync_data()
+                    .map_err(|e| ("lease journal fsync failed", e))
+            });
+        if let Err((what, e)) = &r {
+            tracing::error!(journal = %path.display(), error = %e, "{what}");
+        }
+        (journal, r.is_ok())
+    };
+    // None only when the runtime is shutting down.
+    tokio::task::spawn_blocking(write).await.ok()
+}
+
+async fn send(sock: &UdpSocket, to: SocketAddrV4, payload: &[u8]) {
+    if let Err(e) = sock.send_to(payload, SocketAddr::V4(to)).await {
+        tracing::warn!(%to, error = %e, "dhcp send failed");
     }
 }
 
@@ -211,4 +315,117 @@ pub fn interface_addrs(interface: &str) -> Vec<Ipv4Addr> {
         libc::freeifaddrs(head);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{LeaseChange, MacAddr};
+
+    fn bind(n: u8) -> Action {
+        Action::Persist(LeaseChange::Bind(Lease {
+            mac: MacAddr([0x52, 0x54, 0, 0, 0, n]),
+            ip: Ipv4Addr::new(10, 0, 0, n),
+            expires_unix_ms: 1_000_000,
+            hostname: None,
+        }))
+    }
+
+    fn send(to: SocketAddr, payload: &str) -> Action {
+        let SocketAddr::V4(to) = to else {
+            unreachable!()
+        };
+        Action::Send {
+            to,
+            broadcast: false,
+            payload: payload.as_bytes().to_vec(),
+        }
+    }
+
+    /// The datagrams that arrive within a moment.
+    fn received(rx: &std::net::UdpSocket) -> Vec<String> {
+        rx.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 64];
+        while let Ok(n) = rx.recv(&mut buf) {
+            out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        out
+    }
+
+    /// Two packets' worth of actions, as one batch holds them.
+    fn batch(to: SocketAddr) -> Vec<Action> {
+        vec![
+            send(to, "nak-first"),
+            bind(1),
+            send(to, "ack-1"),
+            bind(2),
+            send(to, "ack-2"),
+        ]
+    }
+
+    #[test]
+    fn replies_after_a_lease_change_wait_for_the_commit() {
+        let to: SocketAddr = "127.0.0.1:68".parse().unwrap();
+        let (now, commit) = plan(batch(to));
+        let texts = |v: &[(SocketAddrV4, Vec<u8>)]| {
+            v.iter()
+                .map(|(_, p)| String::from_utf8_lossy(p).into_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(texts(&now), ["nak-first"]);
+        assert_eq!(texts(&commit.replies), ["ack-1", "ack-2"]);
+        assert_eq!(commit.records.lines().count(), 2);
+        // A batch without lease changes commits nothing.
+        let (now, commit) = plan(vec![send(to, "offer")]);
+        assert_eq!(texts(&now), ["offer"]);
+        assert!(commit.is_empty());
+    }
+
+    /// Runs the committer over `commits` queued at once (one group).
+    async fn commit_all(commits: Vec<Commit>, journal: File, path: &Path, sock: Arc<UdpSocket>) {
+        let (tx, rx) = mpsc::channel(16);
+        for c in commits {
+            tx.send(c).await.unwrap();
+        }
+        drop(tx);
+        committer(rx, journal, sock, path.to_path_buf()).await;
+    }
+
+    #[tokio::test]
+    async fn group_commit_writes_every_lease_then_sends_every_reply() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("leases.journal");
+        let journal = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let (_, first) = plan(batch(to));
+        let (_, second) = plan(vec![bind(3), send(to, "ack-3")]);
+        commit_all(vec![first, second], journal, &path, sock).await;
+        assert_eq!(received(&rx), ["ack-1", "ack-2", "ack-3"]);
+        let leases = replay(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let ips: Vec<_> = leases.iter().map(|l| l.ip.octets()[3]).collect();
+        assert_eq!(ips, [1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn group_commit_withholds_replies_whose_lease_is_not_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("leases.journal");
+        std::fs::write(&path, "").unwrap();
+        // Read-only: the append fails, as on a full or failing disk.
+        let journal = File::open(&path).unwrap();
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let (_, commit) = plan(batch(rx.local_addr().unwrap()));
+        commit_all(vec![commit], journal, &path, sock).await;
+        assert!(received(&rx).is_empty());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+    }
 }

@@ -1,7 +1,7 @@
 //! The protocol core: query bytes in, reply bytes (or "forward this") out.
 //! No sockets, no clock, no randomness.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -204,6 +204,93 @@ impl Server {
                 })
             }
         }
+    }
+}
+
+impl Server {
+    /// [`Server::handle`] for a UDP query, remembering replies in `cache`.
+    ///
+    /// A reply is a function of the query's bytes after its id and of the
+    /// zones in force, so a query seen before (any id) gets the stored reply
+    /// under its own id, counted exactly as [`Server::handle`] counts it,
+    /// without being decoded, resolved or encoded again. The cache is
+    /// emptied when the zones are reloaded and when it is full; forwarded
+    /// and dropped queries are never stored. One cache per shell task, so
+    /// no lock is shared.
+    pub fn handle_udp_cached(&self, cache: &mut AnswerCache, query: &[u8]) -> Outcome {
+        let catalog = self.catalog.load();
+        if !cache
+            .catalog
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, &catalog))
+        {
+            cache.entries.clear();
+            cache.catalog = Some(Arc::clone(&catalog));
+        }
+        drop(catalog);
+        if query.len() >= 12 {
+            if let Some(hit) = cache.entries.get(&query[2..]) {
+                let c = &self.counters;
+                c.queries.fetch_add(1, Relaxed);
+                c.answered.fetch_add(1, Relaxed);
+                if hit.nxdomain {
+                    c.nxdomain.fetch_add(1, Relaxed);
+                }
+                let mut reply = hit.reply.clone();
+                reply[..2].copy_from_slice(&query[..2]);
+                cache.hits += 1;
+                return Outcome::Reply(reply);
+            }
+        }
+        let outcome = self.handle(query, Transport::Udp);
+        if let Outcome::Reply(reply) = &outcome {
+            // Replies are at least a header; `handle` only answers queries of 12+ bytes.
+            if reply.len() >= 12 && query.len() >= 12 && cache.capacity > 0 {
+                if cache.entries.len() >= cache.capacity {
+                    cache.entries.clear();
+                }
+                let nxdomain = reply[3] & 0x0f == ResponseCode::NXDomain.low();
+                cache.entries.insert(
+                    query[2..].into(),
+                    CachedReply {
+                        reply: reply.clone(),
+                        nxdomain,
+                    },
+                );
+            }
+        }
+        outcome
+    }
+}
+
+/// Replies by query bytes (after the id), for [`Server::handle_udp_cached`].
+pub struct AnswerCache {
+    /// The zones the entries were answered from.
+    catalog: Option<Arc<Catalog>>,
+    entries: HashMap<Box<[u8]>, CachedReply>,
+    capacity: usize,
+    hits: u64,
+}
+
+struct CachedReply {
+    reply: Vec<u8>,
+    nxdomain: bool,
+}
+
+impl AnswerCache {
+    /// A cache of at most `capacity` replies (0 stores nothing).
+    pub fn new(capacity: usize) -> Self {
+        AnswerCache {
+            catalog: None,
+            entries: HashMap::new(),
+            capacity,
+            hits: 0,
+        }
+    }
+
+    /// Queries answered from the cache so far.
+    pub fn hits(&self) -> u64 {
+        self.hits
     }
 }
 

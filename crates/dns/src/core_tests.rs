@@ -5,7 +5,7 @@ use hickory_proto::rr::{Name, RData, RecordType};
 use proptest::prelude::*;
 
 use crate::zone_tests::{defaults, soa};
-use crate::{Counters, Outcome, Record, RecordData, Server, Transport, Zone, ZoneSet};
+use crate::{AnswerCache, Counters, Outcome, Record, RecordData, Server, Transport, Zone, ZoneSet};
 
 const UPSTREAM: &str = "192.0.2.53:53";
 
@@ -377,6 +377,101 @@ fn reload_takes_effect_on_the_next_query_and_bad_sets_are_refused() {
         .push(rec("node9", RecordData::Cname("x.test".into())));
     assert!(s.reload(&bad).is_err());
     assert_eq!(ask(&s, "node9.maas.test.", RecordType::A).answers.len(), 1);
+}
+
+#[test]
+fn cached_replies_equal_fresh_ones_under_the_askers_id_and_count_alike() {
+    let fresh = server();
+    let cached = server();
+    let mut cache = AnswerCache::new(16);
+    let queries: Vec<Vec<u8>> = [
+        ("node1.maas.test.", RecordType::A),
+        ("NODE1.maas.test.", RecordType::A),
+        ("nope.maas.test.", RecordType::A),
+        ("5.0.0.10.in-addr.arpa.", RecordType::PTR),
+        ("big.maas.test.", RecordType::TXT),
+    ]
+    .iter()
+    .map(|(n, t)| query_msg(n, *t).to_vec().unwrap())
+    .collect();
+    for round in 0u16..3 {
+        for q in &queries {
+            let mut q = q.clone();
+            q[..2].copy_from_slice(&(round * 100 + 7).to_be_bytes());
+            let (Outcome::Reply(a), Outcome::Reply(b)) = (
+                fresh.handle(&q, Transport::Udp),
+                cached.handle_udp_cached(&mut cache, &q),
+            ) else {
+                panic!("expected replies");
+            };
+            assert_eq!(a, b, "round {round}");
+        }
+    }
+    assert_eq!(cache.hits(), 10);
+    assert_eq!(fresh.counters(), cached.counters());
+    // Forwards and drops are not cached.
+    let fwd = query_msg("example.org.", RecordType::A).to_vec().unwrap();
+    for _ in 0..2 {
+        assert!(matches!(
+            cached.handle_udp_cached(&mut cache, &fwd),
+            Outcome::Forward(_)
+        ));
+        assert!(matches!(
+            // A response, not a query.
+            cached.handle_udp_cached(&mut cache, &[0, 0, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            Outcome::Drop
+        ));
+    }
+    assert_eq!(cache.hits(), 10);
+}
+
+#[test]
+fn the_cache_forgets_replies_when_the_zones_are_reloaded() {
+    let s = server();
+    let mut cache = AnswerCache::new(16);
+    let q = query_msg("node9.maas.test.", RecordType::A)
+        .to_vec()
+        .unwrap();
+    let rcode = |o: Outcome| match o {
+        Outcome::Reply(b) => Message::from_vec(&b).unwrap().metadata.response_code,
+        other => panic!("expected a reply, got {other:?}"),
+    };
+    assert_eq!(
+        rcode(s.handle_udp_cached(&mut cache, &q)),
+        ResponseCode::NXDomain
+    );
+    assert_eq!(
+        rcode(s.handle_udp_cached(&mut cache, &q)),
+        ResponseCode::NXDomain
+    );
+    let mut set = zone_set();
+    set.add_hosts(
+        [("node9.maas.test", Ipv4Addr::new(10, 0, 0, 9))],
+        &defaults(),
+    )
+    .unwrap();
+    s.reload(&set).unwrap();
+    assert_eq!(
+        rcode(s.handle_udp_cached(&mut cache, &q)),
+        ResponseCode::NoError
+    );
+    assert_eq!(cache.hits(), 1);
+}
+
+#[test]
+fn a_full_cache_starts_over_and_a_zero_cache_stores_nothing() {
+    let s = server();
+    let q = |n: &str| query_msg(n, RecordType::A).to_vec().unwrap();
+    let mut small = AnswerCache::new(1);
+    for n in ["node1.maas.test.", "v6.maas.test.", "node1.maas.test."] {
+        s.handle_udp_cached(&mut small, &q(n));
+    }
+    assert_eq!(small.hits(), 0);
+    let mut none = AnswerCache::new(0);
+    for _ in 0..3 {
+        s.handle_udp_cached(&mut none, &q("node1.maas.test."));
+    }
+    assert_eq!(none.hits(), 0);
 }
 
 fn check_invariants(c: Counters) -> Result<(), TestCaseError> {

@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use tokio::time::{timeout, timeout_at, Instant};
 
 use crate::core::MAX_UDP_PAYLOAD;
-use crate::{Error, Forward, Outcome, Server, Transport};
+use crate::{AnswerCache, Error, Forward, Outcome, Server, Transport};
 
 /// Limits and timeouts of the shell.
 #[derive(Clone, Debug)]
@@ -26,6 +26,12 @@ pub struct ShellConfig {
     pub max_tcp_connections: usize,
     /// Forwarded queries awaiting an upstream; beyond it, SERVFAIL at once.
     pub max_pending_forwards: usize,
+    /// Tasks receiving on the UDP socket, so queries are answered on
+    /// several cores.
+    pub udp_workers: usize,
+    /// Replies each UDP task remembers ([`Server::handle_udp_cached`]);
+    /// 0 answers every query afresh.
+    pub udp_cache_entries: usize,
 }
 
 impl Default for ShellConfig {
@@ -35,6 +41,8 @@ impl Default for ShellConfig {
             tcp_idle_timeout: Duration::from_secs(10),
             max_tcp_connections: 256,
             max_pending_forwards: 1024,
+            udp_workers: std::thread::available_parallelism().map_or(1, usize::from),
+            udp_cache_entries: 16384,
         }
     }
 }
@@ -83,37 +91,19 @@ impl Listener {
         let forwards = Arc::new(Semaphore::new(config.max_pending_forwards));
         let connections = Arc::new(Semaphore::new(config.max_tcp_connections));
         let mut tasks = JoinSet::new();
-        let mut buf = vec![0u8; MAX_UDP_PAYLOAD];
+        for _ in 0..config.udp_workers.max(1) {
+            tasks.spawn(serve_udp(
+                udp.clone(),
+                server.clone(),
+                forwards.clone(),
+                config.clone(),
+            ));
+        }
         tokio::pin!(shutdown);
         tracing::info!(%addr, "dns serving");
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
-                r = udp.recv_from(&mut buf) => {
-                    let (n, peer) = match r {
-                        Ok(x) => x,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "dns udp receive");
-                            continue;
-                        }
-                    };
-                    match server.handle(&buf[..n], Transport::Udp) {
-                        Outcome::Reply(reply) => send_udp(&udp, &reply, peer).await,
-                        Outcome::Drop => {}
-                        Outcome::Forward(f) => {
-                            let Ok(permit) = forwards.clone().try_acquire_owned() else {
-                                send_udp(&udp, &server.forward_failed(&f), peer).await;
-                                continue;
-                            };
-                            let (udp, server, t) = (udp.clone(), server.clone(), config.forward_timeout);
-                            tasks.spawn(async move {
-                                let reply = forward(&server, &f, t).await;
-                                send_udp(&udp, &reply, peer).await;
-                                drop(permit);
-                            });
-                        }
-                    }
-                }
                 r = self.tcp.accept() => {
                     let (stream, peer) = match r {
                         Ok(x) => x,
@@ -139,6 +129,49 @@ impl Listener {
         }
         tasks.shutdown().await;
         Ok(())
+    }
+}
+
+/// One UDP task: receives queries, answers them (through its own reply
+/// cache) and spawns forwards, until aborted; its forwards end with it.
+async fn serve_udp(
+    udp: Arc<UdpSocket>,
+    server: Arc<Server>,
+    forwards: Arc<Semaphore>,
+    config: ShellConfig,
+) {
+    let mut cache = AnswerCache::new(config.udp_cache_entries);
+    let mut pending = JoinSet::new();
+    let mut buf = vec![0u8; MAX_UDP_PAYLOAD];
+    loop {
+        tokio::select! {
+            r = udp.recv_from(&mut buf) => {
+                let (n, peer) = match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "dns udp receive");
+                        continue;
+                    }
+                };
+                match server.handle_udp_cached(&mut cache, &buf[..n]) {
+                    Outcome::Reply(reply) => send_udp(&udp, &reply, peer).await,
+                    Outcome::Drop => {}
+                    Outcome::Forward(f) => {
+                        let Ok(permit) = forwards.clone().try_acquire_owned() else {
+                            send_udp(&udp, &server.forward_failed(&f), peer).await;
+                            continue;
+                        };
+                        let (udp, server, t) = (udp.clone(), server.clone(), config.forward_timeout);
+                        pending.spawn(async move {
+                            let reply = forward(&server, &f, t).await;
+                            send_udp(&udp, &reply, peer).await;
+                            drop(permit);
+                        });
+                    }
+                }
+            }
+            Some(_) = pending.join_next(), if !pending.is_empty() => {}
+        }
     }
 }
 

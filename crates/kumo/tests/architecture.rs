@@ -57,6 +57,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "kumo-region",
             "kumo-api",
             "kumo-client",
+            "kumo-dhcp",
+            "kumo-dns",
+            "kumo-tftp",
         ],
     ),
 ];
