@@ -360,8 +360,7 @@ impl Initramfs {
     /// The SVR4 "newc" cpio archive the kernel unpacks.
     pub fn to_newc(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        let mut ino = 1;
-        for (path, e) in &self.entries {
+        for (ino, (path, e)) in (1..).zip(&self.entries) {
             let (mode, nlink, data, rdev): (u32, u32, &[u8], (u32, u32)) = match e {
                 Entry::Dir => (0o040755, 2, &[], (0, 0)),
                 Entry::File { mode, data } => (0o100000 | mode, 1, data, (0, 0)),
@@ -370,7 +369,6 @@ impl Initramfs {
                 }
             };
             newc_entry(&mut out, ino, mode, nlink, rdev, path, data);
-            ino += 1;
         }
         newc_entry(&mut out, 0, 0, 1, (0, 0), "TRAILER!!!", &[]);
         out
@@ -413,9 +411,7 @@ fn newc_entry(
 }
 
 fn pad4(out: &mut Vec<u8>) {
-    while out.len() % 4 != 0 {
-        out.push(0);
-    }
+    out.resize(out.len().next_multiple_of(4), 0);
 }
 
 fn gzip(data: &[u8]) -> Result<Vec<u8>> {
