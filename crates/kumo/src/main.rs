@@ -59,7 +59,15 @@ async fn build_ephemeral(a: cli::BuildEphemeralArgs) -> Result<()> {
 }
 
 async fn agent_ephemeral(a: cli::AgentEphemeralArgs) -> Result<()> {
-    serve::init_logging(false);
+    // Plain text: the console is a serial line, often captured to a file.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KUMO_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
     let path = a.cmdline.unwrap_or_else(|| a.root.join("proc/cmdline"));
     let cmdline =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;

@@ -95,7 +95,7 @@ pub async fn init(a: InitArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn init_logging(json: bool) {
+fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KUMO_LOG")
         .unwrap_or_else(|_| "info,sqlx=warn,tower_http=info".into());
     let builder = tracing_subscriber::fmt()
