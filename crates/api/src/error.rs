@@ -34,9 +34,8 @@ impl From<RegionError> for ApiError {
             | "invalid_constraint"
             | "invalid_tag_definition" => StatusCode::BAD_REQUEST,
             "not_found" => StatusCode::NOT_FOUND,
-            "already_exists" | "illegal_transition" | "no_machine_matches" | "in_use" | "busy" => {
-                StatusCode::CONFLICT
-            }
+            "already_exists" | "already_enlisted" | "illegal_transition" | "no_machine_matches"
+            | "in_use" | "busy" => StatusCode::CONFLICT,
             "unauthorized" => StatusCode::UNAUTHORIZED,
             "forbidden" => StatusCode::FORBIDDEN,
             "power_failed" => StatusCode::BAD_GATEWAY,

@@ -17,8 +17,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use kumo_model::api::{
-    ActionOptions, AddMachine, AllocateRequest, CreateUser, Group, MachineFilter, StatusReport,
-    Tag, UpdateMachine, UpdateTagMachines,
+    ActionOptions, AddMachine, AllocateRequest, CreateUser, EnlistRequest, Group, MachineFilter,
+    StatusReport, Tag, UpdateMachine, UpdateTagMachines,
 };
 use kumo_model::Inventory;
 use kumo_region::{Actor, Region, RegionError};
@@ -194,7 +194,8 @@ pub fn router(region: Region) -> Router {
     let metadata = Router::new()
         .route("/instructions", get(instructions))
         .route("/status", post(report_status))
-        .route("/inventory", post(report_inventory));
+        .route("/inventory", post(report_inventory))
+        .route("/enlist", post(enlist));
     Router::new()
         .nest("/api/v1", api)
         .nest("/metadata/v1", metadata)
@@ -506,6 +507,17 @@ async fn report_inventory(
 ) -> ApiResult<impl IntoResponse> {
     let m = r.machine_inventory(&t, inv).await?;
     Ok(Json(json!({"system_id": m.system_id, "status": m.status})))
+}
+
+/// An unknown machine enlists itself. Anonymous, as in MAAS: the machine
+/// has no token yet, and all it can do is add a New machine that an admin
+/// must still commission (and that never reuses a known MAC).
+async fn enlist(
+    State(r): State<Region>,
+    ApiJson(req): ApiJson<EnlistRequest>,
+) -> ApiResult<impl IntoResponse> {
+    let m = r.enlist(req).await?;
+    Ok((StatusCode::CREATED, Json(r.view(m))))
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then finishes

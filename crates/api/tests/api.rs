@@ -492,3 +492,48 @@ async fn rack_config_long_polls_by_etag_and_rogue_reports_are_checked() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(events[0]["kind"], "rogue-dhcp", "{events}");
 }
+
+#[tokio::test]
+async fn an_unknown_machine_enlists_anonymously_once() {
+    let api = Api::start().await;
+    let inv = json!({
+        "cpu": {"model": "QEMU Virtual CPU", "count": 2},
+        "memory_mib": 512,
+        "disks": [{"name": "vda", "size_bytes": 2147483648u64}],
+        "nics": [{"name": "ens3", "mac": "52:54:00:00:e1:01", "driver": "virtio_net", "link_up": true}],
+    });
+    let body = json!({"inventory": inv, "boot_mac": "52:54:00:00:e1:01"});
+    let (s, m) = api
+        .call("POST", "/metadata/v1/enlist", None, Some(body.clone()))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{m}");
+    assert_eq!(m["status"], "new");
+    assert_eq!(m["cpu_count"], 2);
+    assert_eq!(m["memory_mib"], 512);
+    assert_eq!(m["power_type"], "manual");
+    let hostname = m["hostname"].as_str().unwrap().to_owned();
+
+    let (s, e) = api
+        .call("POST", "/metadata/v1/enlist", None, Some(body))
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{e}");
+    assert_eq!(code(&e), "already_enlisted");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains(&hostname),
+        "{e}"
+    );
+
+    let (s, e) = api
+        .call(
+            "POST",
+            "/metadata/v1/enlist",
+            None,
+            Some(json!({"inventory": {"nics": [{"name": "x"}]}})),
+        )
+        .await;
+    assert!(s.is_client_error(), "{s}");
+    assert_eq!(code(&e), "invalid_body", "{e}");
+
+    let (_, list) = api.admin("GET", "/api/v1/machines", None).await;
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+}

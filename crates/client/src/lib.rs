@@ -170,11 +170,62 @@ impl Client {
         }
     }
 
+    /// Sends a request on someone else's behalf (the rack forwarding a
+    /// machine's `/metadata/v1` call): with the caller's Authorization, never
+    /// this client's key, and the answer returned whatever its status.
+    pub async fn forward(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        authorization: Option<&str>,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> Result<Forwarded, ClientError> {
+        let url = format!("{}{}", self.base, path_and_query);
+        let method = Method::from_bytes(method.as_bytes()).map_err(|_| ClientError::Decode {
+            url: url.clone(),
+            status: 0,
+            body: format!("not an HTTP method: {method:?}"),
+        })?;
+        let mut req = self.http.request(method, &url).body(body);
+        if let Some(a) = authorization {
+            req = req.header(reqwest::header::AUTHORIZATION, a);
+        }
+        if let Some(c) = content_type {
+            req = req.header(reqwest::header::CONTENT_TYPE, c);
+        }
+        let transport = |source| ClientError::Transport {
+            url: url.clone(),
+            source,
+        };
+        let resp = req.send().await.map_err(transport)?;
+        let status = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = resp.bytes().await.map_err(transport)?.to_vec();
+        Ok(Forwarded {
+            status,
+            content_type,
+            body,
+        })
+    }
+
     pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
         self.request::<(), serde_json::Value>(Method::DELETE, path, None)
             .await
             .map(|_| ())
     }
+}
+
+/// The answer to [`Client::forward`], as the region gave it.
+#[derive(Clone, Debug)]
+pub struct Forwarded {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub body: Vec<u8>,
 }
 
 /// The error an unsuccessful answer carries, or a decode error if its body

@@ -142,6 +142,59 @@ pub enum Command {
         #[command(subcommand)]
         command: RackCommand,
     },
+    /// Boot images the rack serves.
+    Images {
+        #[command(subcommand)]
+        command: ImagesCommand,
+    },
+    /// The machine-side agent.
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImagesCommand {
+    /// Build the ephemeral environment's kernel and initramfs from Debian's
+    /// packages and this kumo binary (needs apt-get, dpkg-deb, depmod, ldd;
+    /// build kumo with --release first for a small, fast initramfs).
+    BuildEphemeral(BuildEphemeralArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BuildEphemeralArgs {
+    /// Where to write vmlinuz and initrd.img [default: <data dir>/rack/boot/ephemeral/amd64,
+    /// which `kumo rack serve` serves].
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Downloaded and unpacked packages [default: <data dir>/cache/ephemeral].
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// The kumo binary to put in the initramfs [default: this one].
+    #[arg(long)]
+    pub kumo_binary: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AgentCommand {
+    /// Run in the network-booted ephemeral environment: read the kernel
+    /// command line (kumo.purpose, kumo.metadata_url, kumo.token, BOOTIF),
+    /// enlist or commission this machine through the rack, then power off.
+    Ephemeral(AgentEphemeralArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AgentEphemeralArgs {
+    /// Where /proc and /sys are (a fake tree for trying the agent out).
+    #[arg(long, default_value = "/")]
+    pub root: PathBuf,
+    /// The kernel command line to read [default: <root>/proc/cmdline].
+    #[arg(long)]
+    pub cmdline: Option<PathBuf>,
+    /// Do not power off when done.
+    #[arg(long)]
+    pub no_power_off: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -793,6 +846,8 @@ pub async fn run_client_command(cmd: Command, profile: Option<&str>, format: For
             command: RackCommand::Serve(_),
         } => unreachable!("handled in main"),
         Command::Init(_)
+        | Command::Images { .. }
+        | Command::Agent { .. }
         | Command::Region { .. }
         | Command::Login { .. }
         | Command::Logout { .. }

@@ -35,6 +35,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "kumo-tftp",
         ],
     ),
+    // The machine-side agent, too, reaches the region only through the client.
+    ("kumo-agent", &["kumo-model", "kumo-client"]),
     // Binaries: anything.
     (
         "kumo",
@@ -46,6 +48,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "kumo-api",
             "kumo-client",
             "kumo-rack",
+            "kumo-agent",
         ],
     ),
     (

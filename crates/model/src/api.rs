@@ -221,3 +221,13 @@ pub type AllocationConstraints = Constraints;
 
 /// The inventory a commissioning machine uploads.
 pub type InventoryReport = Inventory;
+
+/// What an unknown machine's ephemeral environment sends to enlist itself
+/// (`POST /metadata/v1/enlist`, no token: the machine has none yet).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EnlistRequest {
+    pub inventory: Inventory,
+    /// The MAC it network-booted from; listed first among its MACs.
+    #[serde(default)]
+    pub boot_mac: Option<String>,
+}

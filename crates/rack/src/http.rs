@@ -1,15 +1,20 @@
 //! The rack's HTTP boot server: iPXE scripts rendered per MAC from the
-//! current configuration, boot files (with Range requests), metrics.
+//! current configuration, boot files (with Range requests), metrics, and
+//! the region's machine-facing `/metadata/v1` forwarded (booted machines
+//! reach only the rack).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 
+use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 use axum::Router;
+use kumo_client::Client;
 use kumo_model::boot::BootPurpose;
 use kumo_model::network::RackBoot;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -36,7 +41,16 @@ pub struct BootState {
     scripts_served: Family<PurposeLabel, Counter>,
     bad_requests: Counter,
     registry: Registry,
+    /// The region, for `/metadata/v1` and machine tokens; unset in tests
+    /// of the boot files alone.
+    region: OnceLock<Client>,
+    /// Machine tokens by system id, with when they were fetched.
+    tokens: Mutex<HashMap<String, (String, Instant)>>,
 }
+
+/// How long a fetched machine token is reused. The region issues a new one
+/// for every task, so a cached one must not outlive the boot it was for.
+const TOKEN_TTL: Duration = Duration::from_secs(30);
 
 impl BootState {
     pub fn new(rack: &str, default_host: String, boot_dir: PathBuf) -> Arc<Self> {
@@ -62,7 +76,15 @@ impl BootState {
             scripts_served,
             bad_requests,
             registry,
+            region: OnceLock::new(),
+            tokens: Mutex::default(),
         })
+    }
+
+    /// The region client (with an admin key) that `/metadata/v1` is
+    /// forwarded to and machine tokens are fetched from. Set once.
+    pub fn set_region(&self, region: Client) {
+        let _ = self.region.set(region);
     }
 
     /// Replaces what each known MAC boots into.
@@ -70,13 +92,53 @@ impl BootState {
         let table = boot
             .iter()
             .map(|b| (b.mac.to_ascii_lowercase(), b.clone()))
-            .collect();
-        *self.table.write().expect("boot table lock") = table;
+            .collect::<HashMap<_, _>>();
+        let mut old = self.table.write().expect("boot table lock");
+        // A machine whose boot changed is on a new task, with a new token.
+        let mut tokens = self.tokens.lock().expect("token cache lock");
+        for (mac, b) in old.iter() {
+            if table.get(mac) != Some(b) {
+                tokens.remove(&b.system_id);
+            }
+        }
+        *old = table;
     }
 
     /// Adds the rack's other metrics (DHCP, DNS, TFTP) to `/metrics`.
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// The machine's token for its current task: cached for [`TOKEN_TTL`],
+    /// else fetched with the admin key. `None` (logged) when the region has
+    /// none or cannot be asked; the script is then rendered without it.
+    async fn token(&self, system_id: &str) -> Option<String> {
+        if let Some((t, at)) = self.tokens.lock().expect("token cache lock").get(system_id) {
+            if at.elapsed() < TOKEN_TTL {
+                return Some(t.clone());
+            }
+        }
+        let region = self.region.get()?;
+        let path = format!("/api/v1/machines/{}/token", kumo_client::enc(system_id));
+        match region.get::<serde_json::Value>(&path).await {
+            Ok(v) => match v["token"].as_str() {
+                Some(t) => {
+                    self.tokens
+                        .lock()
+                        .expect("token cache lock")
+                        .insert(system_id.to_owned(), (t.to_owned(), Instant::now()));
+                    Some(t.to_owned())
+                }
+                None => {
+                    tracing::warn!(%system_id, "the region has no token for this machine; its boot script goes without");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!(%system_id, error = %e, "machine token not fetched; its boot script goes without");
+                None
+            }
+        }
     }
 
     fn lookup(&self, mac: &str) -> Option<RackBoot> {
@@ -113,6 +175,7 @@ pub fn router(
             }),
         )
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metadata/v1/{*rest}", any(metadata))
         .nest_service("/boot", files)
         .with_state(state)
 }
@@ -176,6 +239,10 @@ async fn for_mac(
         .map(|b| b.purpose)
         .unwrap_or(BootPurpose::Enlist);
     let host = host(&s, &headers);
+    let token = match &known {
+        Some(b) if purpose.is_ephemeral() => s.token(&b.system_id).await,
+        _ => None,
+    };
     let input = ScriptInput {
         rack: &s.rack,
         host: &host,
@@ -184,6 +251,7 @@ async fn for_mac(
         system_id: known.as_ref().map(|b| b.system_id.as_str()),
         purpose,
         arch: "amd64",
+        token: token.as_deref(),
     };
     match s.scripts.for_mac(&input) {
         Ok(text) => {
@@ -196,6 +264,73 @@ async fn for_mac(
             ipxe(text)
         }
         Err(e) => internal(e),
+    }
+}
+
+/// Forwards a machine's `/metadata/v1` call to the region as it came:
+/// method, path and query, its token, content type and body; the region's
+/// answer goes back as it is.
+async fn metadata(
+    State(s): State<Arc<BootState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(region) = s.region.get() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this rack forwards to no region\n",
+        )
+            .into_response();
+    };
+    let path = uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or(uri.path());
+    // Plain word segments only: nothing (`..`, `%2e%2e`) that URL
+    // normalisation could turn into a path outside /metadata/v1.
+    let plain = uri.path().split('/').skip(3).all(|seg| {
+        !seg.is_empty()
+            && seg
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    });
+    if !plain {
+        s.bad_requests.inc();
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("not a metadata path: {:?}\n", uri.path()),
+        )
+            .into_response();
+    }
+    let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    match region
+        .forward(
+            method.as_str(),
+            path,
+            header(header::AUTHORIZATION),
+            header(header::CONTENT_TYPE),
+            body.to_vec(),
+        )
+        .await
+    {
+        Ok(r) => {
+            let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            let mut resp = (status, r.body).into_response();
+            if let Some(ct) = r.content_type.and_then(|c| c.parse().ok()) {
+                resp.headers_mut().insert(header::CONTENT_TYPE, ct);
+            }
+            resp
+        }
+        Err(e) => {
+            tracing::warn!(%method, %path, error = %e, "metadata request not forwarded");
+            let body = serde_json::json!({"error": {
+                "code": "region_unreachable",
+                "message": format!("the rack could not reach the region: {e}"),
+            }});
+            (StatusCode::BAD_GATEWAY, axum::Json(body)).into_response()
+        }
     }
 }
 

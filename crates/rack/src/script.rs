@@ -26,7 +26,7 @@ goto retry
 const EPHEMERAL: &str = r#"#!ipxe
 # kumo rack {{ rack }}: {{ name }} ({{ mac }}) boots to {{ purpose }}.
 echo kumo: {{ name }} boots the ephemeral environment to {{ purpose }}
-kernel http://{{ host }}/boot/{{ dir }}/{{ arch }}/vmlinuz initrd=initrd.img console=tty0 console=ttyS0,115200n8 BOOTIF=01-${mac:hexhyp} kumo.purpose={{ purpose }} kumo.metadata_url=http://{{ host }}/metadata/v1/{% if system_id %} kumo.system_id={{ system_id }}{% endif %} || goto failed
+kernel http://{{ host }}/boot/{{ dir }}/{{ arch }}/vmlinuz initrd=initrd.img console=tty0 console=ttyS0,115200n8 BOOTIF=01-${mac:hexhyp} kumo.purpose={{ purpose }} kumo.metadata_url=http://{{ host }}/metadata/v1/{% if system_id %} kumo.system_id={{ system_id }}{% endif %}{% if token %} kumo.token={{ token }}{% endif %} || goto failed
 initrd http://{{ host }}/boot/{{ dir }}/{{ arch }}/initrd.img || goto failed
 boot || goto failed
 :failed
@@ -61,6 +61,9 @@ pub struct ScriptInput<'a> {
     pub system_id: Option<&'a str>,
     pub purpose: BootPurpose,
     pub arch: &'a str,
+    /// The machine's token for the metadata API, for a known machine's
+    /// ephemeral boot.
+    pub token: Option<&'a str>,
 }
 
 /// Renders iPXE scripts from the built-in templates.
@@ -111,6 +114,7 @@ impl Scripts {
                 mac => input.mac,
                 name,
                 system_id => input.system_id,
+                token => input.token,
                 purpose => input.purpose.name(),
                 arch => input.arch,
                 dir => EPHEMERAL_DIR,
@@ -140,6 +144,7 @@ mod tests {
             system_id: known.then_some("abc123"),
             purpose,
             arch: "amd64",
+            token: None,
         }
     }
 
@@ -163,6 +168,17 @@ mod tests {
         assert!(s.contains("kumo.purpose=commission"), "{s}");
         assert!(s.contains("kumo.system_id=abc123"), "{s}");
         insta::assert_snapshot!(s);
+    }
+
+    #[test]
+    fn a_known_machine_s_token_goes_on_the_kernel_command_line() {
+        let mut i = input(BootPurpose::Commission, true);
+        i.token = Some("tok-123_x");
+        let s = Scripts::new().for_mac(&i).unwrap();
+        assert!(
+            s.contains(" kumo.system_id=abc123 kumo.token=tok-123_x "),
+            "{s}"
+        );
     }
 
     #[test]

@@ -210,6 +210,7 @@ pub async fn serve(
 
     let default_host = format!("{}:{}", interfaces[0].addr, opts.http_port);
     let boot = BootState::new(&opts.name, default_host, boot_dir.clone());
+    boot.set_region(region.clone());
     let dns_for_metrics = dns.clone();
     let extra =
         Arc::new(move || metrics_text(&tftp_counters.snapshot(), dns_for_metrics.as_deref()));

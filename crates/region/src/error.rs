@@ -16,6 +16,12 @@ pub enum RegionError {
     NotFound { what: &'static str, id: String },
     #[error("{what} {value:?} already exists")]
     AlreadyExists { what: &'static str, value: String },
+    #[error("machine {hostname} ({system_id}) already has MAC {mac}; not enlisted again")]
+    AlreadyEnlisted {
+        system_id: String,
+        hostname: String,
+        mac: String,
+    },
     #[error("{what} {id:?} is in use by {count} machines")]
     InUse {
         what: &'static str,
@@ -70,6 +76,7 @@ impl RegionError {
             RegionError::Power(_) => "power_failed",
             RegionError::NotFound { .. } => "not_found",
             RegionError::AlreadyExists { .. } => "already_exists",
+            RegionError::AlreadyEnlisted { .. } => "already_enlisted",
             RegionError::InUse { .. } => "in_use",
             RegionError::Busy(_) => "busy",
             RegionError::Unauthorized => "unauthorized",

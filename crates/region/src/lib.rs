@@ -17,9 +17,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use kumo_model::api::{
-    ActionOptions, AddMachine, AllocateRequest, AuditEvent, CreateUser, Group, Instructions,
-    MachineEvent, MachineFilter, MachineView, NewApiKey, ReportEvent, ReportResult, StatusReport,
-    Tag, UpdateMachine, UpdateTagMachines, User,
+    ActionOptions, AddMachine, AllocateRequest, AuditEvent, CreateUser, EnlistRequest, Group,
+    Instructions, MachineEvent, MachineFilter, MachineView, NewApiKey, ReportEvent, ReportResult,
+    StatusReport, Tag, UpdateMachine, UpdateTagMachines, User,
 };
 use kumo_model::constraints::Constraints;
 use kumo_model::lifecycle::{self, Action, Effect, EraseMode, MachineStatus};
@@ -1352,5 +1352,108 @@ impl Region {
             .await?;
         self.refresh_auto_tags(m.system_id.as_str()).await?;
         Ok(self.store().get_machine(&sid).await?)
+    }
+
+    /// An unknown machine's ephemeral environment registers it: a New
+    /// machine with a generated host name, its MACs (the boot MAC first),
+    /// power type manual and the inventory it sent, with automatic tags
+    /// evaluated. A machine already holding one of the MACs is not
+    /// duplicated: `already_enlisted` names it.
+    pub async fn enlist(&self, req: EnlistRequest) -> Result<Machine, RegionError> {
+        let mut macs: Vec<MacAddress> = Vec::new();
+        if let Some(raw) = &req.boot_mac {
+            macs.push(raw.parse().map_err(|e: kumo_model::ModelError| {
+                RegionError::invalid("boot_mac", e.to_string())
+            })?);
+        }
+        for nic in &req.inventory.nics {
+            if !macs.contains(&nic.mac) {
+                macs.push(nic.mac);
+            }
+        }
+        if macs.is_empty() {
+            return Err(RegionError::invalid(
+                "inventory.nics",
+                "an enlisting machine needs at least one MAC address to boot from",
+            ));
+        }
+        for mac in &macs {
+            if let Some(m) = self.store().find_machine_by_mac(&mac.to_string()).await? {
+                return Err(Self::already_enlisted(&m, mac));
+            }
+        }
+        let now = self.now();
+        let mut id = [0u8; 6];
+        self.entropy().fill(&mut id);
+        let system_id = SystemId::from_random(id);
+        let hostname: Hostname = format!("node-{system_id}").parse()?;
+        let summary = format!(
+            "enlisted: {} CPUs, {} MiB, {} disks, {} NICs",
+            req.inventory.cpu.count,
+            req.inventory.memory_mib,
+            req.inventory.disks.len(),
+            req.inventory.nics.len()
+        );
+        let mut m = Machine {
+            system_id,
+            hostname,
+            arch: "amd64".into(),
+            status: MachineStatus::New,
+            previous_status: None,
+            status_message: String::new(),
+            owner: None,
+            commissioned: false,
+            erase: EraseMode::None,
+            macs,
+            power_type: "manual".into(),
+            power_parameters: Map::new(),
+            power_state: PowerState::Unknown,
+            zone: self.check_group(GroupKind::Zone, "zone", "default").await?,
+            pool: self.check_group(GroupKind::Pool, "pool", "default").await?,
+            tags: Vec::new(),
+            cpu_count: 0,
+            memory_mib: 0,
+            storage_bytes: 0,
+            inventory: None,
+            deadline: None,
+            version: 1,
+            created_at: now,
+            updated_at: now,
+        };
+        m.apply_inventory(req.inventory);
+        let sealed = self.inner.secrets.seal(&Map::new(), self.entropy());
+        let audit = Self::audit(
+            &Actor::system(),
+            "enlist",
+            format!("machine/{}", m.system_id),
+            summary,
+        );
+        match self.store().insert_machine(&m, &sealed, Some(audit)).await {
+            // Another enlistment of the same machine won the race.
+            Err(StoreError::Duplicate {
+                what: "mac_address",
+                value,
+            }) => {
+                if let Some(other) = self.store().find_machine_by_mac(&value).await? {
+                    return Err(Self::already_enlisted(&other, &value));
+                }
+                return Err(RegionError::AlreadyExists {
+                    what: "mac_address",
+                    value,
+                });
+            }
+            r => r?,
+        }
+        self.changed();
+        self.refresh_auto_tags(m.system_id.as_str()).await?;
+        Ok(self.store().get_machine(m.system_id.as_str()).await?)
+    }
+
+    fn already_enlisted(m: &Machine, mac: &impl std::fmt::Display) -> RegionError {
+        RegionError::AlreadyEnlisted {
+            system_id: m.system_id.to_string(),
+            hostname: m.hostname.to_string(),
+            mac: mac.to_string(),
+        }
     }
 }

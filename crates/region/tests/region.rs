@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kumo_model::api::{
-    ActionOptions, AddMachine, AllocateRequest, ReportEvent, ReportResult, StatusReport, Tag,
-    UpdateMachine, UpdateTagMachines,
+    ActionOptions, AddMachine, AllocateRequest, EnlistRequest, ReportEvent, ReportResult,
+    StatusReport, Tag, UpdateMachine, UpdateTagMachines,
 };
 use kumo_model::inventory::{Cpu, Disk, Nic};
 use kumo_model::{EraseMode, Inventory, MachineStatus, ModelError, PowerState};
@@ -728,4 +728,89 @@ async fn a_restarted_region_resumes_queued_power_work() {
         second.store().power_jobs().await.unwrap().is_empty(),
         "done work is not redone"
     );
+}
+
+#[tokio::test]
+async fn an_unknown_machine_enlists_once_as_new_with_its_inventory_and_auto_tags() {
+    let (r, _clock, _dir) = sqlite_region().await;
+    r.create_tag(
+        &admin(),
+        Tag {
+            name: "big".into(),
+            definition: "cpu_count >= 8 && memory_mib >= 16384".into(),
+            comment: String::new(),
+        },
+    )
+    .await
+    .unwrap();
+    let mut inv = inventory("52:54:00:00:e0:02");
+    inv.nics.insert(
+        0,
+        Nic {
+            name: "ens4".into(),
+            mac: "52:54:00:00:e0:01".parse().unwrap(),
+            driver: "e1000".into(),
+            link_up: false,
+        },
+    );
+    let m = r
+        .enlist(EnlistRequest {
+            inventory: inv.clone(),
+            boot_mac: Some("52-54-00-00-E0-02".into()),
+        })
+        .await
+        .unwrap();
+    assert_eq!(m.status, MachineStatus::New);
+    assert!(
+        m.hostname.to_string().starts_with("node-"),
+        "{}",
+        m.hostname
+    );
+    assert_eq!(m.arch, "amd64");
+    assert_eq!(m.power_type, "manual");
+    let macs: Vec<String> = m.macs.iter().map(|m| m.to_string()).collect();
+    assert_eq!(
+        macs,
+        ["52:54:00:00:e0:02", "52:54:00:00:e0:01"],
+        "the boot MAC first"
+    );
+    assert_eq!((m.cpu_count, m.memory_mib), (8, 16384));
+    assert_eq!(m.storage_bytes, 600_000_000_000);
+    assert_eq!(m.inventory.as_ref(), Some(&inv));
+    assert_eq!(m.tags, ["big"]);
+    assert!(!m.commissioned);
+
+    // Booting again (any of its MACs) does not make a second machine.
+    let err = r
+        .enlist(EnlistRequest {
+            inventory: inventory("52:54:00:00:e0:01"),
+            boot_mac: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "already_enlisted");
+    assert!(
+        err.to_string().contains(m.hostname.as_str())
+            && err.to_string().contains(m.system_id.as_str()),
+        "{err}"
+    );
+    assert_eq!(r.list_machines(&Default::default()).await.unwrap().len(), 1);
+
+    // Nothing to boot from, or a malformed boot MAC, names the field.
+    let err = r
+        .enlist(EnlistRequest {
+            inventory: Inventory::default(),
+            boot_mac: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.field().as_deref(), Some("inventory.nics"), "{err}");
+    let err = r
+        .enlist(EnlistRequest {
+            inventory: inventory("52:54:00:00:e0:09"),
+            boot_mac: Some("not-a-mac".into()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.field().as_deref(), Some("boot_mac"), "{err}");
 }

@@ -1,0 +1,27 @@
+//! kumo's machine-side agent. [`inventory`] reads the hardware from a
+//! `/proc` + `/sys` tree (any root, so tests use a fake one) into
+//! [`kumo_model::Inventory`]; [`ephemeral`] is what `kumo agent ephemeral`
+//! does in the network-booted environment: read the kernel command line,
+//! enlist or commission through the rack's `/metadata/v1`, power off.
+
+pub mod ephemeral;
+pub mod inventory;
+
+pub use ephemeral::{BootParams, Outcome};
+pub use inventory::collect;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("reading {path}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("kernel command line: {0}")]
+    Cmdline(String),
+    #[error("metadata api")]
+    Region(#[from] kumo_client::ClientError),
+    #[error("power off: {0}")]
+    PowerOff(String),
+}
