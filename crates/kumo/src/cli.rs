@@ -237,6 +237,11 @@ pub struct RackServeArgs {
     /// 192.0.2.53:53 (repeatable) [default: the nameservers in /etc/resolv.conf].
     #[arg(long = "dns-upstream")]
     pub dns_upstreams: Vec<String>,
+    /// Do not answer IPv6 router solicitations (by default the rack answers
+    /// with an advertisement that configures nothing, so iPXE does not wait
+    /// about 16 s for an IPv6 router on every boot).
+    #[arg(long)]
+    pub no_router_advertisements: bool,
     /// Seconds between probes for other DHCP servers on each interface; 0 disables.
     #[arg(long, default_value_t = 60)]
     pub rogue_dhcp_interval: u64,

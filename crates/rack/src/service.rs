@@ -37,6 +37,9 @@ pub struct RackOptions {
     pub long_poll: Duration,
     /// How often to probe each interface for other DHCP servers; `None`: never.
     pub rogue_dhcp_interval: Option<Duration>,
+    /// Answer IPv6 router solicitations with an advertisement that
+    /// configures nothing, so iPXE stops waiting for one (see `ndp`).
+    pub router_advertisements: bool,
 }
 
 impl RackOptions {
@@ -52,6 +55,7 @@ impl RackOptions {
             dns_upstreams: vec![],
             long_poll: Duration::from_secs(30),
             rogue_dhcp_interval: Some(Duration::from_secs(60)),
+            router_advertisements: true,
         }
     }
 
@@ -257,6 +261,30 @@ pub async fn serve(
                 () = stop => Ok(()),
             }
         });
+    }
+
+    if opts.router_advertisements {
+        for iface in &interfaces {
+            let (name, stop) = (iface.name.clone(), stopped());
+            let Some(mac) = crate::ndp::interface_mac(&name) else {
+                tracing::warn!(interface = %name, "no MAC in sysfs; not answering router solicitations");
+                continue;
+            };
+            tasks.spawn(async move {
+                let answer = async {
+                    if let Err(e) = crate::ndp::run(&name, mac).await {
+                        tracing::warn!(interface = %name, error = %e, "not answering router solicitations; iPXE will wait for IPv6 before booting");
+                    }
+                    // Without it the rack still serves: wait for shutdown.
+                    std::future::pending::<()>().await
+                };
+                tokio::select! {
+                    () = answer => {}
+                    () = stop => {}
+                }
+                Ok(())
+            });
+        }
     }
 
     tokio::pin!(shutdown);
