@@ -5,6 +5,7 @@
 #   DHCP  perfdhcp → kumo, Kea 2.2 (memfile), dnsmasq
 #   DNS   dnsperf  → kumo, BIND 9, dnsmasq
 #   TFTP  tftp-hpa, curl, atftp → kumo, tftpd-hpa
+#   HTTP  curl → `kumo rack serve` /boot/, nginx (scripts/bench-http.sh)
 # Needs root (network namespaces). Arguments pick benchmarks, e.g.
 #   bash scripts/bench-rack.sh dns tftp
 set -euo pipefail
@@ -42,8 +43,12 @@ done
 
 cargo build --release -p kumo-bench
 bench=${CARGO_TARGET_DIR:-target}/release/kumo-bench
-(($#)) || set -- dhcp dns tftp
+(($#)) || set -- dhcp dns tftp http
 for b in "$@"; do
   printf '\n== %s\n' "$b"
-  "$bench" "$b"
+  if [ "$b" = http ]; then
+    bash scripts/bench-http.sh
+  else
+    "$bench" "$b"
+  fi
 done
