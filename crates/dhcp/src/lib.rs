@@ -30,7 +30,7 @@ pub use config::{BootConfig, HostReservation, RateLimit, ServerConfig, SubnetCon
 pub use lease::{compact, encode_record, replay, Lease, LeaseChange, MacAddr};
 pub use probe::{classify_reply, discover_probe, probe, Offer, ProbeReply, RogueServer};
 pub use server::{Action, Counters, LogLevel, RecvMeta, Server, DECLINE_HOLD, OFFER_HOLD};
-pub use shell::{interface_addrs, load_journal, run};
+pub use shell::{interface_addrs, load_journal, run, run_observed};
 
 /// Everything that can go wrong in kumo-dhcp.
 #[derive(Debug, thiserror::Error)]

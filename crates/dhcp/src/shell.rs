@@ -13,7 +13,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::{
-    compact, encode_record, replay, Action, Error, Lease, LogLevel, RecvMeta, Server, ServerConfig,
+    compact, encode_record, replay, Action, Counters, Error, Lease, LogLevel, RecvMeta, Server,
+    ServerConfig,
 };
 
 /// Reads the journal at `path` (missing means empty), rewrites it compacted
@@ -56,7 +57,22 @@ pub async fn run(
     lease_journal: &Path,
     interface: &str,
     shutdown: impl Future<Output = ()>,
+    reload: mpsc::Receiver<ServerConfig>,
+) -> Result<(), Error> {
+    let (counters, _) = tokio::sync::watch::channel(Counters::default());
+    run_observed(config, lease_journal, interface, shutdown, reload, counters).await
+}
+
+/// [`run`], also publishing the server's counters on `counters` once a
+/// second (for metrics: malformed, rate-limited and pool-exhausted drops
+/// among them).
+pub async fn run_observed(
+    config: ServerConfig,
+    lease_journal: &Path,
+    interface: &str,
+    shutdown: impl Future<Output = ()>,
     mut reload: mpsc::Receiver<ServerConfig>,
+    counters: tokio::sync::watch::Sender<Counters>,
 ) -> Result<(), Error> {
     let leases = load_journal(lease_journal)?;
     let mut server = Server::new(config, leases)?;
@@ -116,6 +132,7 @@ pub async fn run(
             }
             _ = tick.tick() => {
                 local_addr = local_addr_or(interface, server.config(), local_addr);
+                counters.send_replace(server.counters().clone());
                 server.expire(SystemTime::now())
             }
             Some(cfg) = reload.recv() => match server.reconfigure(cfg) {

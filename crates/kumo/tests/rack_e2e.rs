@@ -372,6 +372,24 @@ fn a_new_user_defines_a_subnet_starts_region_and_rack_and_clients_boot() {
         "kc0",
     ]);
 
+    // A malformed packet is dropped and counted, and the server goes on.
+    h.client(
+        "bash",
+        &["-c", &format!("printf 'not dhcp' > /dev/udp/{RACK_IP}/67")],
+    );
+    wait_until(
+        "the dhcp counters to show the ack and the dropped packet",
+        10,
+        || {
+            let m = h.rack_metrics();
+            metric(&m, "kumo_rack_dhcp_acked_total{interface=\"kbr0\"}") >= 1
+                && metric(
+                    &m,
+                    "kumo_rack_dhcp_dropped_malformed_total{interface=\"kbr0\"}",
+                ) >= 1
+        },
+    );
+
     // DNS from IPAM: forward and reverse.
     assert_eq!(dig(&h, &["node1.lab.kumo", "A"]), "10.216.0.10");
     assert_eq!(dig(&h, &["-x", "10.216.0.10"]), "node1.lab.kumo.");

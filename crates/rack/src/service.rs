@@ -160,14 +160,17 @@ pub async fn serve(
     // DHCP answers nobody until the first configuration arrives.
     let empty = RackConfig::default();
     let mut dhcp = HashMap::new();
+    let mut dhcp_counters = Vec::new();
     for iface in &interfaces {
         let (tx, rx) = mpsc::channel(4);
+        let (counters_tx, counters_rx) = watch::channel(kumo_dhcp::Counters::default());
+        dhcp_counters.push((iface.name.clone(), counters_rx));
         let cfg = plan::dhcp_config(&empty, iface, &settings);
         let journal = lease_dir.join(format!("{}.journal", iface.name));
         let name = iface.name.clone();
         let stop = stopped();
         tasks.spawn(async move {
-            kumo_dhcp::run(cfg, &journal, &name, stop, rx)
+            kumo_dhcp::run_observed(cfg, &journal, &name, stop, rx, counters_tx)
                 .await
                 .map_err(Error::from)
         });
@@ -216,8 +219,13 @@ pub async fn serve(
     let boot = BootState::new(&opts.name, default_host, boot_dir.clone());
     boot.set_region(region.clone());
     let dns_for_metrics = dns.clone();
-    let extra =
-        Arc::new(move || metrics_text(&tftp_counters.snapshot(), dns_for_metrics.as_deref()));
+    let extra = Arc::new(move || {
+        let dhcp: Vec<(String, kumo_dhcp::Counters)> = dhcp_counters
+            .iter()
+            .map(|(name, rx)| (name.clone(), rx.borrow().clone()))
+            .collect();
+        metrics_text(&dhcp, &tftp_counters.snapshot(), dns_for_metrics.as_deref())
+    });
     let app = crate::http::router(boot.clone(), extra);
     let http_addr = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), opts.http_port);
     let listener = tokio::net::TcpListener::bind(http_addr)
@@ -431,9 +439,54 @@ async fn probe_for_rogues(region: &Client, rack: &str, interfaces: &[Interface],
     }
 }
 
-/// The TFTP and DNS counters in Prometheus text form.
-fn metrics_text(t: &kumo_tftp::CounterSnapshot, dns: Option<&kumo_dns::Server>) -> String {
+/// A DHCP counter's name, help and how to read it.
+type DhcpFamily = (&'static str, &'static str, fn(&kumo_dhcp::Counters) -> u64);
+
+/// The DHCP (per interface, as of the last second), TFTP and DNS counters
+/// in Prometheus text form.
+fn metrics_text(
+    dhcp: &[(String, kumo_dhcp::Counters)],
+    t: &kumo_tftp::CounterSnapshot,
+    dns: Option<&kumo_dns::Server>,
+) -> String {
     let mut out = String::new();
+    let families: [DhcpFamily; 8] = [
+        ("received", "DHCP packets received", |c| c.received),
+        ("offered", "DHCPOFFERs sent", |c| c.offered),
+        ("acked", "DHCPACKs sent", |c| c.acked),
+        ("naked", "DHCPNAKs sent", |c| c.naked),
+        (
+            "dropped_malformed",
+            "DHCP packets dropped as malformed",
+            |c| c.dropped_malformed,
+        ),
+        (
+            "dropped_rate_limited",
+            "DISCOVERs from unknown clients dropped by the flood limit",
+            |c| c.dropped_rate_limited,
+        ),
+        (
+            "dropped_pool_exhausted",
+            "DHCP requests dropped for want of a free address",
+            |c| c.dropped_pool_exhausted,
+        ),
+        (
+            "dropped_no_subnet",
+            "DHCP requests from links with no configured subnet",
+            |c| c.dropped_no_subnet,
+        ),
+    ];
+    for (name, help, get) in families {
+        out.push_str(&format!(
+            "# HELP kumo_rack_dhcp_{name} {help}.\n# TYPE kumo_rack_dhcp_{name} counter\n"
+        ));
+        for (iface, c) in dhcp {
+            out.push_str(&format!(
+                "kumo_rack_dhcp_{name}_total{{interface=\"{iface}\"}} {}\n",
+                get(c)
+            ));
+        }
+    }
     let mut counter = |name: &str, help: &str, value: u64| {
         out.push_str(&format!(
             "# HELP kumo_rack_{name} {help}.\n# TYPE kumo_rack_{name} counter\nkumo_rack_{name}_total {value}\n"
