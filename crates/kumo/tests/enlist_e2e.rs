@@ -11,224 +11,59 @@
 //! only when the kumo binary changes. Needs root and
 //! `bash scripts/deps-agent.sh` (scripts/test.sh runs it).
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Instant;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use support::{require, wait_until, Lab};
 
 const RACK_IP: &str = "10.217.0.2";
 const MAC: &str = "52:54:00:21:70:01";
 const DISK_BYTES: u64 = 3 << 30;
 const MEMORY_MIB: u64 = 512;
 
-struct Host {
-    dir: tempfile::TempDir,
-    ns: String,
-    children: Vec<Child>,
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for log in ["region.log", "rack.log", "console.log", "build.log"] {
-                let text = self.log(log);
-                let tail: Vec<&str> = text.lines().rev().take(40).collect();
-                eprintln!("--- last lines of {log}:");
-                for l in tail.iter().rev() {
-                    eprintln!("{l}");
-                }
-            }
-        }
-        self.kill_qemu();
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
-    }
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn require(cmd: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {cmd}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(found, "{cmd} not found: run bash scripts/deps-agent.sh");
-}
-
-impl Host {
-    fn new() -> Host {
-        // SAFETY: geteuid(2) has no preconditions.
-        assert_eq!(unsafe { libc::geteuid() }, 0, "the enlist suite needs root");
-        for cmd in [
-            "qemu-system-x86_64",
-            "qemu-img",
-            "apt-get",
-            "dpkg-deb",
-            "depmod",
-        ] {
-            require(cmd);
-        }
-        let h = Host {
-            dir: tempfile::tempdir().unwrap(),
-            ns: format!("ken-{}", std::process::id()),
-            children: vec![],
-        };
-        let ns = h.ns.as_str();
-        let _ = Command::new("ip")
-            .args(["netns", "del", ns])
-            .stderr(Stdio::null())
-            .status();
-        ip(&["netns", "add", ns]);
-        ip(&["-n", ns, "link", "set", "lo", "up"]);
-        ip(&["-n", ns, "link", "add", "kbr0", "type", "bridge"]);
-        ip(&[
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("{RACK_IP}/24"),
-            "dev",
-            "kbr0",
-        ]);
-        ip(&["-n", ns, "link", "set", "kbr0", "up"]);
-        ip(&["-n", ns, "tuntap", "add", "ktap0", "mode", "tap"]);
-        ip(&["-n", ns, "link", "set", "ktap0", "master", "kbr0", "up"]);
-        h
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn in_ns(&self, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.ns, program])
-            .env("KUMO_LOG", "info,kumo_rack=debug")
-            .env("KUMO_CONFIG_DIR", self.path("config"))
-            .env("KUMO_DATA_DIR", self.path("data"))
-            .env_remove("KUMO_PROFILE");
-        c
-    }
-
-    fn kumo(&self, args: &[&str]) -> Output {
-        self.in_ns(env!("CARGO_BIN_EXE_kumo"))
-            .args(args)
+/// Powers the machine on: QEMU with two CPUs, 512 MiB, a virtio disk
+/// and a virtio NIC that boots from the network (iPXE ROM). The
+/// console goes to `console.log` (appended across boots).
+fn power_on(h: &Lab) {
+    let disk = h.path("disk.qcow2");
+    if !disk.exists() {
+        let out = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&disk)
+            .arg(DISK_BYTES.to_string())
             .output()
-            .expect("run kumo")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.kumo(args);
-        assert!(
-            out.status.success(),
-            "kumo {args:?} failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut a = args.to_vec();
-        a.extend(["--format", "json"]);
-        serde_json::from_str(&self.ok(&a)).unwrap()
-    }
-
-    fn spawn(&mut self, args: &[&str], log: &str) {
-        let log = std::fs::File::create(self.path(log)).unwrap();
-        let child = self
-            .in_ns(env!("CARGO_BIN_EXE_kumo"))
-            .args(args)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
             .unwrap();
-        self.children.push(child);
+        assert!(out.status.success(), "{out:?}");
     }
-
-    fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.path(name)).unwrap_or_default()
-    }
-
-    /// Powers the machine on: QEMU with two CPUs, 512 MiB, a virtio disk
-    /// and a virtio NIC that boots from the network (iPXE ROM). The
-    /// console goes to `console.log` (appended across boots).
-    fn power_on(&self) {
-        let disk = self.path("disk.qcow2");
-        if !disk.exists() {
-            let out = Command::new("qemu-img")
-                .args(["create", "-q", "-f", "qcow2"])
-                .arg(&disk)
-                .arg(DISK_BYTES.to_string())
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{out:?}");
-        }
-        let console = self.path("console.log");
-        let status = self
-            .in_ns("qemu-system-x86_64")
-            .args(["-machine", "accel=tcg", "-smp", "2", "-m"])
-            .arg(MEMORY_MIB.to_string())
-            .args(["-boot", "n", "-display", "none", "-monitor", "none"])
-            .args(["-serial", &format!("file:{}", console.display())])
-            .args(["-daemonize", "-pidfile"])
-            .arg(self.path("qemu.pid"))
-            .args([
-                "-drive",
-                &format!("file={},if=none,id=d0,format=qcow2", disk.display()),
-            ])
-            .args(["-device", "virtio-blk-pci,drive=d0,serial=kumo-disk-1"])
-            .args(["-netdev", "tap,id=n0,ifname=ktap0,script=no,downscript=no"])
-            .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={MAC}")])
-            .status()
-            .unwrap();
-        assert!(status.success(), "qemu did not start");
-    }
-
-    fn qemu_running(&self) -> bool {
-        std::fs::read_to_string(self.path("qemu.pid"))
-            .ok()
-            .and_then(|p| p.trim().parse::<i32>().ok())
-            // SAFETY: kill(2) with signal 0 only checks the process exists.
-            .is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0)
-    }
-
-    fn kill_qemu(&self) {
-        if let Ok(pid) = std::fs::read_to_string(self.path("qemu.pid")) {
-            if let Ok(pid) = pid.trim().parse::<i32>() {
-                // SAFETY: kill(2) has no memory-safety preconditions.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
-    }
-}
-
-fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(secs) {
-        if f() {
-            return start.elapsed();
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("timed out after {secs} s waiting for {what}");
+    let console = h.path("console.log");
+    let status = h
+        .on_rack("qemu-system-x86_64")
+        .args(["-machine", "accel=tcg", "-smp", "2", "-m"])
+        .arg(MEMORY_MIB.to_string())
+        .args(["-boot", "n", "-display", "none", "-monitor", "none"])
+        .args(["-serial", &format!("file:{}", console.display())])
+        .args(["-daemonize", "-pidfile"])
+        .arg(h.path("qemu.pid"))
+        .args([
+            "-drive",
+            &format!("file={},if=none,id=d0,format=qcow2", disk.display()),
+        ])
+        .args(["-device", "virtio-blk-pci,drive=d0,serial=kumo-disk-1"])
+        .args(["-netdev", "tap,id=n0,ifname=ktap0,script=no,downscript=no"])
+        .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={MAC}")])
+        .status()
+        .unwrap();
+    assert!(status.success(), "qemu did not start");
 }
 
 /// The ephemeral image for this kumo binary: built once into
 /// `<repo>/.cache/ephemeral/amd64`, rebuilt when the binary's hash changes.
-fn ephemeral_image(h: &Host) -> PathBuf {
+fn ephemeral_image(h: &Lab) -> PathBuf {
     let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/ephemeral");
     let out = cache.join("amd64");
     let kumo = Path::new(env!("CARGO_BIN_EXE_kumo"));
@@ -264,7 +99,7 @@ fn ephemeral_image(h: &Host) -> PathBuf {
     out
 }
 
-fn machine_with_mac(h: &Host) -> Option<Value> {
+fn machine_with_mac(h: &Lab) -> Option<Value> {
     h.json(&["machines", "list"])
         .as_array()?
         .iter()
@@ -278,7 +113,20 @@ fn machine_with_mac(h: &Host) -> Option<Value> {
 
 #[test]
 fn an_unknown_qemu_machine_enlists_itself_then_commissions_to_ready() {
-    let mut h = Host::new();
+    for cmd in [
+        "qemu-system-x86_64",
+        "qemu-img",
+        "apt-get",
+        "dpkg-deb",
+        "depmod",
+    ] {
+        require(cmd, "deps-agent.sh");
+    }
+    let mut h = Lab::new(
+        "ken",
+        RACK_IP,
+        &["region.log", "rack.log", "console.log", "build.log"],
+    );
     let image = ephemeral_image(&h);
     let rack_dir = h.path("rack");
     let served = rack_dir.join("boot/ephemeral/amd64");
@@ -294,7 +142,7 @@ fn an_unknown_qemu_machine_enlists_itself_then_commissions_to_ready() {
         "--password",
         "correct-horse",
     ]);
-    h.spawn(&["region", "serve"], "region.log");
+    h.spawn_kumo(&["region", "serve"], "region.log");
     wait_until("the region to answer", 30, || {
         h.kumo(&["machines", "list"]).status.success()
     });
@@ -314,7 +162,7 @@ fn an_unknown_qemu_machine_enlists_itself_then_commissions_to_ready() {
         "10.217.0.150",
     ]);
     h.ok(&["vlans", "update", "fabric-0", "0", "--dhcp", "on"]);
-    h.spawn(
+    h.spawn_kumo(
         &[
             "rack",
             "serve",
@@ -335,7 +183,7 @@ fn an_unknown_qemu_machine_enlists_itself_then_commissions_to_ready() {
     });
 
     // Power on → New, with what QEMU was given.
-    h.power_on();
+    power_on(&h);
     let took = wait_until("the QEMU machine to enlist", 240, || {
         machine_with_mac(&h).is_some()
     });
@@ -367,7 +215,7 @@ fn an_unknown_qemu_machine_enlists_itself_then_commissions_to_ready() {
     // puts the machine's token on its kernel command line.
     let hostname = m["hostname"].as_str().unwrap().to_owned();
     h.ok(&["machines", "commission", &hostname]);
-    h.power_on();
+    power_on(&h);
     let took = wait_until("the machine to commission to Ready", 240, || {
         machine_with_mac(&h).is_some_and(|m| m["status"] == "ready")
     });

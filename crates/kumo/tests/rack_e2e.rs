@@ -9,174 +9,55 @@
 //! bridge too, and its iPXE ROM boots from the rack. Needs root and
 //! `bash scripts/deps-rack.sh` (scripts/test.sh runs it).
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod support;
 
 use serde_json::Value;
+use support::{ip, require, wait_until, Lab};
 
 const RACK_IP: &str = "10.216.0.2";
 const KNOWN_MAC: &str = "52:54:00:21:60:01";
 const QEMU_MAC: &str = "52:54:00:21:60:99";
 
+/// The rack host from [`support::Lab`] plus a client host on a veth into
+/// the bridge, whose NIC has the known machine's MAC.
 struct Host {
-    dir: tempfile::TempDir,
-    rack_ns: String,
+    lab: Lab,
     client_ns: String,
-    children: Vec<Child>,
 }
 
-impl Drop for Host {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for log in ["region.log", "rack.log", "dhclient.log", "dnsmasq.log"] {
-                let text = self.log(log);
-                let tail: Vec<&str> = text.lines().rev().take(30).collect();
-                eprintln!("--- last lines of {log}:");
-                for l in tail.iter().rev() {
-                    eprintln!("{l}");
-                }
-            }
-        }
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if let Ok(pid) = std::fs::read_to_string(self.dir.path().join("qemu.pid")) {
-            if let Ok(pid) = pid.trim().parse::<i32>() {
-                // SAFETY: kill(2) has no memory-safety preconditions.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
-        for ns in [&self.rack_ns, &self.client_ns] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
+impl std::ops::Deref for Host {
+    type Target = Lab;
+    fn deref(&self) -> &Lab {
+        &self.lab
     }
 }
 
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn require(cmd: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {cmd}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(found, "{cmd} not found: run bash scripts/deps-rack.sh");
+impl std::ops::DerefMut for Host {
+    fn deref_mut(&mut self) -> &mut Lab {
+        &mut self.lab
+    }
 }
 
 impl Host {
     fn new() -> Host {
-        // SAFETY: geteuid(2) has no preconditions.
-        assert_eq!(unsafe { libc::geteuid() }, 0, "the rack suite needs root");
         for cmd in ["dhclient", "dig", "tftp", "curl", "qemu-system-x86_64"] {
-            require(cmd);
+            require(cmd, "deps-rack.sh");
         }
-        let pid = std::process::id();
-        let h = Host {
-            dir: tempfile::tempdir().unwrap(),
-            rack_ns: format!("krk-{pid}"),
-            client_ns: format!("krc-{pid}"),
-            children: vec![],
-        };
-        for ns in [&h.rack_ns, &h.client_ns] {
-            let _ = Command::new("ip")
-                .args(["netns", "del", ns])
-                .stderr(Stdio::null())
-                .status();
-            ip(&["netns", "add", ns]);
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
-        }
-        let r = h.rack_ns.as_str();
-        ip(&["-n", r, "link", "add", "kbr0", "type", "bridge"]);
+        let mut lab = Lab::new(
+            "krk",
+            RACK_IP,
+            &["region.log", "rack.log", "dhclient.log", "dnsmasq.log"],
+        );
+        let client_ns = lab.add_namespace("krc");
+        let r = lab.ns.as_str();
         ip(&[
-            "-n",
-            r,
-            "addr",
-            "add",
-            &format!("{RACK_IP}/24"),
-            "dev",
-            "kbr0",
-        ]);
-        ip(&["-n", r, "link", "set", "kbr0", "up"]);
-        ip(&[
-            "-n",
-            r,
-            "link",
-            "add",
-            "kcp",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "kc0",
-            "netns",
-            &h.client_ns,
+            "-n", r, "link", "add", "kcp", "type", "veth", "peer", "name", "kc0", "netns",
+            &client_ns,
         ]);
         ip(&["-n", r, "link", "set", "kcp", "master", "kbr0", "up"]);
-        ip(&[
-            "-n",
-            &h.client_ns,
-            "link",
-            "set",
-            "kc0",
-            "address",
-            KNOWN_MAC,
-        ]);
-        ip(&["-n", &h.client_ns, "link", "set", "kc0", "up"]);
-        ip(&["-n", r, "tuntap", "add", "ktap0", "mode", "tap"]);
-        ip(&["-n", r, "link", "set", "ktap0", "master", "kbr0", "up"]);
-        h
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn in_ns(&self, ns: &str, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", ns, program])
-            .env("KUMO_LOG", "info,kumo_rack=debug,kumo_dhcp=debug")
-            .env("KUMO_CONFIG_DIR", self.path("config"))
-            .env("KUMO_DATA_DIR", self.path("data"))
-            .env_remove("KUMO_PROFILE");
-        c
-    }
-
-    fn kumo(&self, args: &[&str]) -> Output {
-        self.in_ns(&self.rack_ns, env!("CARGO_BIN_EXE_kumo"))
-            .args(args)
-            .output()
-            .expect("run kumo")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.kumo(args);
-        assert!(
-            out.status.success(),
-            "kumo {args:?} failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn spawn(&mut self, ns: &str, program: &str, args: &[&str], log: &str) {
-        let log = std::fs::File::create(self.path(log)).unwrap();
-        let child = self
-            .in_ns(ns, program)
-            .args(args)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
-        self.children.push(child);
+        ip(&["-n", &client_ns, "link", "set", "kc0", "address", KNOWN_MAC]);
+        ip(&["-n", &client_ns, "link", "set", "kc0", "up"]);
+        Host { lab, client_ns }
     }
 
     /// Output of a command in the client namespace.
@@ -192,27 +73,12 @@ impl Host {
 
     fn rack_metrics(&self) -> String {
         let out = self
-            .in_ns(&self.rack_ns, "curl")
+            .on_rack("curl")
             .args(["-sf", &format!("http://{RACK_IP}:5248/metrics")])
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
-
-    fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.path(name)).unwrap_or_default()
-    }
-}
-
-fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(secs) {
-        if f() {
-            return start.elapsed();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out after {secs} s waiting for {what}");
 }
 
 fn dig(h: &Host, args: &[&str]) -> String {
@@ -246,7 +112,7 @@ fn a_new_user_defines_a_subnet_starts_region_and_rack_and_clients_boot() {
     ]);
     assert!(out.contains("API key:"), "{out}");
     let kumo = env!("CARGO_BIN_EXE_kumo");
-    let rack_ns = h.rack_ns.clone();
+    let rack_ns = h.ns.clone();
     h.spawn(&rack_ns, kumo, &["region", "serve"], "region.log");
     wait_until("the region to answer", 30, || {
         h.kumo(&["machines", "list"]).status.success()

@@ -1,0 +1,215 @@
+//! What the network end-to-end suites share: a rack host in a network
+//! namespace (a bridge `kbr0` with the rack's address and a tap `ktap0`
+//! for a QEMU machine), the real `kumo` binary run inside it, and clean-up
+//! that prints the logs when a test fails.
+
+#![allow(dead_code)] // each suite uses its own part
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A rack host (and any client namespaces) that removes itself on drop.
+pub struct Lab {
+    pub dir: tempfile::TempDir,
+    /// The rack host's namespace.
+    pub ns: String,
+    /// Client namespaces added with [`Lab::add_namespace`].
+    others: Vec<String>,
+    children: Vec<Child>,
+    /// Logs below `dir` printed when the test panics.
+    logs: &'static [&'static str],
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for log in self.logs {
+                let text = self.log(log);
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                eprintln!("--- last lines of {log}:");
+                for l in tail.iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
+        self.kill_qemu();
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in std::iter::once(&self.ns).chain(&self.others) {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+pub fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Fails naming the script that installs `cmd` when it is missing.
+pub fn require(cmd: &str, deps_script: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(found, "{cmd} not found: run bash scripts/{deps_script}");
+}
+
+/// Polls `f` until it holds; returns how long that took.
+pub fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(secs) {
+        if f() {
+            return start.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {secs} s waiting for {what}");
+}
+
+fn fresh_namespace(ns: &str) {
+    let _ = Command::new("ip")
+        .args(["netns", "del", ns])
+        .stderr(Stdio::null())
+        .status();
+    ip(&["netns", "add", ns]);
+    ip(&["-n", ns, "link", "set", "lo", "up"]);
+}
+
+impl Lab {
+    /// The rack host `<tag>-<pid>`: `kbr0` with `rack_ip`/24 and `ktap0`
+    /// on it. Needs root.
+    pub fn new(tag: &str, rack_ip: &str, logs: &'static [&'static str]) -> Lab {
+        // SAFETY: geteuid(2) has no preconditions.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "this suite needs root");
+        let lab = Lab {
+            dir: tempfile::tempdir().unwrap(),
+            ns: format!("{tag}-{}", std::process::id()),
+            others: vec![],
+            children: vec![],
+            logs,
+        };
+        let ns = lab.ns.as_str();
+        fresh_namespace(ns);
+        ip(&["-n", ns, "link", "add", "kbr0", "type", "bridge"]);
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{rack_ip}/24"),
+            "dev",
+            "kbr0",
+        ]);
+        ip(&["-n", ns, "link", "set", "kbr0", "up"]);
+        ip(&["-n", ns, "tuntap", "add", "ktap0", "mode", "tap"]);
+        ip(&["-n", ns, "link", "set", "ktap0", "master", "kbr0", "up"]);
+        lab
+    }
+
+    /// A namespace `<tag>-<pid>` removed with the lab.
+    pub fn add_namespace(&mut self, tag: &str) -> String {
+        let ns = format!("{tag}-{}", std::process::id());
+        fresh_namespace(&ns);
+        self.others.push(ns.clone());
+        ns
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `program` in namespace `ns`, with the lab's kumo profile and data.
+    pub fn in_ns(&self, ns: &str, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns, program])
+            .env("KUMO_LOG", "info,kumo_rack=debug,kumo_dhcp=debug")
+            .env("KUMO_CONFIG_DIR", self.path("config"))
+            .env("KUMO_DATA_DIR", self.path("data"))
+            .env_remove("KUMO_PROFILE");
+        c
+    }
+
+    /// `program` on the rack host.
+    pub fn on_rack(&self, program: &str) -> Command {
+        self.in_ns(&self.ns, program)
+    }
+
+    pub fn kumo(&self, args: &[&str]) -> Output {
+        self.on_rack(env!("CARGO_BIN_EXE_kumo"))
+            .args(args)
+            .output()
+            .expect("run kumo")
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.kumo(args);
+        assert!(
+            out.status.success(),
+            "kumo {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend(["--format", "json"]);
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+
+    /// Starts `program` in `ns` in the background, its output in `log`.
+    pub fn spawn(&mut self, ns: &str, program: &str, args: &[&str], log: &str) {
+        let log = std::fs::File::create(self.path(log)).unwrap();
+        let child = self
+            .in_ns(ns, program)
+            .args(args)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
+        self.children.push(child);
+    }
+
+    /// `kumo ARGS` on the rack host in the background.
+    pub fn spawn_kumo(&mut self, args: &[&str], log: &str) {
+        let ns = self.ns.clone();
+        self.spawn(&ns, env!("CARGO_BIN_EXE_kumo"), args, log);
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path(name)).unwrap_or_default()
+    }
+
+    /// Kills the QEMU whose pid file is `qemu.pid` in the lab directory.
+    pub fn kill_qemu(&self) {
+        if let Some(pid) = self.qemu_pid() {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+
+    pub fn qemu_running(&self) -> bool {
+        // SAFETY: kill(2) with signal 0 only checks the process exists.
+        self.qemu_pid()
+            .is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0)
+    }
+
+    fn qemu_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.path("qemu.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
