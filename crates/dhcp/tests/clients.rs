@@ -14,7 +14,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kumo_dhcp::{BootConfig, HostReservation, ServerConfig, SubnetConfig};
-use tokio::sync::{mpsc, oneshot};
+
+mod support;
+
+use support::{ip, require, ServerThread};
 
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 214, 0, 1);
 const HOST_MAC: &str = "52:54:00:21:40:10";
@@ -48,36 +51,6 @@ fn config() -> ServerConfig {
         ipxe_script_url: "http://10.214.0.1:5248/ipxe/boot.ipxe".into(),
     });
     c
-}
-
-/// Fails with the Debian package to install when a client is missing.
-fn require(program: &str, package: &str) {
-    let found = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
-        .iter()
-        .any(|d| Path::new(d).join(program).exists());
-    assert!(
-        found,
-        "{program} not found: install the Debian package {package} (bash scripts/deps-dhcp.sh)"
-    );
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "the dhcp client tests need root to create network namespaces"
-    );
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("run ip (Debian package iproute2)");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Two namespaces joined by a veth pair; deleted on drop, even on failure.
@@ -284,66 +257,6 @@ fn wait_for(log: &Path, events: &[&str], client: &str) -> Record {
 /// Shown with `--nocapture`: what each client was actually given.
 fn show(what: &str, r: &Record) {
     eprintln!("{what}: {} {:?}", r.event, r.fields);
-}
-
-/// The shell running in the server namespace on its own thread and runtime.
-struct ServerThread {
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<Result<(), kumo_dhcp::Error>>>,
-    _reload: mpsc::Sender<ServerConfig>,
-}
-
-impl ServerThread {
-    fn start(ns: &str, config: ServerConfig, journal: PathBuf) -> ServerThread {
-        let path = format!("/run/netns/{ns}");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let (reload, reloads) = mpsc::channel(1);
-        let thread = std::thread::spawn(move || {
-            use std::os::fd::AsRawFd;
-            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-            // SAFETY: setns(2) on a valid fd affects only this thread.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(kumo_dhcp::run(
-                config,
-                &journal,
-                "dhcp0",
-                async {
-                    let _ = stopped.await;
-                },
-                reloads,
-            ))
-        });
-        ServerThread {
-            stop: Some(stop),
-            thread: Some(thread),
-            _reload: reload,
-        }
-    }
-
-    fn stop(mut self) {
-        self.shutdown().expect("dhcp server failed");
-    }
-
-    fn shutdown(&mut self) -> Result<(), kumo_dhcp::Error> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        match self.thread.take() {
-            Some(t) => t.join().expect("dhcp server thread panicked"),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for ServerThread {
-    fn drop(&mut self) {
-        let _ = self.shutdown();
-    }
 }
 
 #[test]

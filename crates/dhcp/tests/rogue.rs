@@ -10,12 +10,15 @@
 
 use std::future::Future;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kumo_dhcp::{MacAddr, RogueServer, ServerConfig, SubnetConfig};
-use tokio::sync::{mpsc, oneshot};
+
+mod support;
+
+use support::{enter_netns, ip, require, ServerThread};
 
 const RACK_IP: Ipv4Addr = Ipv4Addr::new(10, 215, 0, 1);
 const ROGUE_IP: Ipv4Addr = Ipv4Addr::new(10, 215, 0, 2);
@@ -43,36 +46,6 @@ fn kumo_config() -> ServerConfig {
             hosts: vec![],
         }],
     )
-}
-
-/// Fails with the Debian package to install when a program is missing.
-fn require(program: &str, package: &str) {
-    let found = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
-        .iter()
-        .any(|d| Path::new(d).join(program).exists());
-    assert!(
-        found,
-        "{program} not found: install the Debian package {package} (bash scripts/deps-dhcp.sh)"
-    );
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "the rogue dhcp tests need root to create network namespaces"
-    );
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("run ip (Debian package iproute2)");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// The rack and the rogue's namespaces on a veth pair; deleted on drop.
@@ -224,14 +197,6 @@ fn in_netns<T: Send + 'static>(ns: &str, fut: impl Future<Output = T> + Send + '
     .expect("namespace thread panicked")
 }
 
-fn enter_netns(path: &str) {
-    use std::os::fd::AsRawFd;
-    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    // SAFETY: setns(2) on a valid fd affects only this thread.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-}
-
 /// Waits until something in namespace `ns` has UDP `port` bound
 /// (`/proc/net/udp` as seen from inside it).
 fn wait_for_udp_port(ns: &str, port: u16, what: &str, log: impl Fn() -> String) {
@@ -258,62 +223,6 @@ fn wait_for_udp_port(ns: &str, port: u16, what: &str, log: impl Fn() -> String) 
             log()
         );
         std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// kumo's server in the rack namespace on its own thread and runtime.
-struct ServerThread {
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<Result<(), kumo_dhcp::Error>>>,
-    _reload: mpsc::Sender<ServerConfig>,
-}
-
-impl ServerThread {
-    fn start(ns: &str, config: ServerConfig, journal: PathBuf) -> ServerThread {
-        let path = format!("/run/netns/{ns}");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let (reload, reloads) = mpsc::channel(1);
-        let thread = std::thread::spawn(move || {
-            enter_netns(&path);
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(kumo_dhcp::run(
-                config,
-                &journal,
-                "dhcp0",
-                async {
-                    let _ = stopped.await;
-                },
-                reloads,
-            ))
-        });
-        ServerThread {
-            stop: Some(stop),
-            thread: Some(thread),
-            _reload: reload,
-        }
-    }
-
-    fn stop(mut self) {
-        self.shutdown().expect("dhcp server failed");
-    }
-
-    fn shutdown(&mut self) -> Result<(), kumo_dhcp::Error> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        match self.thread.take() {
-            Some(t) => t.join().expect("dhcp server thread panicked"),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for ServerThread {
-    fn drop(&mut self) {
-        let _ = self.shutdown();
     }
 }
 
