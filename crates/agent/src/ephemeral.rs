@@ -5,14 +5,19 @@
 //! other configuration.
 
 use std::path::Path;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use kumo_client::{Client, ClientError};
-use kumo_model::api::{EnlistRequest, ReportEvent, ReportResult, StatusReport};
+use kumo_model::api::{
+    CloudInitDocuments, EnlistRequest, InstalledReply, Instructions, ReportEvent, ReportResult,
+    StatusReport,
+};
 use kumo_model::{Inventory, MacAddress};
 use serde_json::Value;
 
-use crate::{inventory, AgentError};
+use crate::{disk, inventory, AgentError};
 
 /// The `kumo.*` and `BOOTIF` parameters of `/proc/cmdline`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -60,6 +65,8 @@ pub enum Outcome {
     PowerOff,
     /// Nothing (more) to do automatically: stay up for an operator.
     StayUp,
+    /// The disk is ready: restart into it.
+    Reboot,
 }
 
 /// Runs the task `params` name, reading the hardware below `root`.
@@ -110,11 +117,34 @@ pub async fn run(params: &BootParams, root: &Path) -> Result<Outcome, AgentError
             .await?;
             Ok(Outcome::PowerOff)
         }
-        // TODO(issue 4): deploy writes the image to disk and reports; erase
-        // wipes the disks (quick or full, from /instructions); test runs the
-        // testing scripts; rescue stays up with SSH. Until then a machine
-        // with a token reports the failure so its task does not hang until
-        // the watchdog, and stays up for an operator.
+        "deploy" => {
+            require_token(params)?;
+            let url = params.metadata_url.clone().unwrap_or_default();
+            match deploy(&client, &url, root).await {
+                Ok(outcome) => Ok(outcome),
+                Err(e) => fail(&client, &format!("deploy failed: {e}")).await,
+            }
+        }
+        "erase" => {
+            require_token(params)?;
+            match erase(&client, root).await {
+                Ok(outcome) => Ok(outcome),
+                Err(e) => fail(&client, &format!("erase failed: {e}")).await,
+            }
+        }
+        "rescue" => {
+            require_token(params)?;
+            report(
+                &client,
+                ReportEvent::Finished,
+                Some(ReportResult::Success),
+                "rescue environment up; log in on the console",
+            )
+            .await?;
+            Ok(Outcome::StayUp)
+        }
+        // Testing scripts are not run yet: say so rather than pass, so the
+        // task does not hang until the watchdog.
         other => {
             let message = format!("kumo agent: purpose {other:?} is not implemented yet");
             tracing::warn!("{message}");
@@ -129,6 +159,351 @@ pub async fn run(params: &BootParams, root: &Path) -> Result<Outcome, AgentError
             }
             Ok(Outcome::StayUp)
         }
+    }
+}
+
+fn require_token(params: &BootParams) -> Result<(), AgentError> {
+    match params.token {
+        Some(_) => Ok(()),
+        None => Err(AgentError::Cmdline(format!(
+            "{} needs kumo.token, which the rack adds for known machines",
+            params.purpose.as_deref().unwrap_or("this purpose")
+        ))),
+    }
+}
+
+/// Reports a task's failure (the machine goes to its failed status, with
+/// the reason in its events) and stays up for an operator to look.
+async fn fail(client: &Client, message: &str) -> Result<Outcome, AgentError> {
+    tracing::error!("{message}");
+    report(
+        client,
+        ReportEvent::Finished,
+        Some(ReportResult::Failure),
+        message,
+    )
+    .await?;
+    Ok(Outcome::StayUp)
+}
+
+/// How often a long task tells the region it is alive.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// `http://rack:5248/metadata/v1/` → `http://rack:5248`.
+fn origin(url: &str) -> &str {
+    let after_scheme = url.find("://").map(|i| i + 3).unwrap_or(0);
+    match url[after_scheme..].find('/') {
+        Some(i) => &url[..after_scheme + i],
+        None => url,
+    }
+}
+
+/// Writes the image to the first big-enough disk, checks it, seeds the
+/// first boot and asks to be restarted from that disk.
+async fn deploy(client: &Client, metadata_url: &str, root: &Path) -> Result<Outcome, AgentError> {
+    let ins: Instructions = retry("instructions", || client.get("/instructions")).await?;
+    let d = ins.deploy.ok_or_else(|| {
+        AgentError::Image(format!(
+            "the region has no image for this machine (it is {})",
+            ins.status
+        ))
+    })?;
+    let inv = inventory::collect(root)?;
+    let disk = disk::choose_disk(&inv.disks, d.raw_size)
+        .ok_or_else(|| {
+            AgentError::Image(format!(
+                "no disk holds image {} ({} MiB); disks: {}",
+                d.image,
+                d.raw_size >> 20,
+                inv.disks
+                    .iter()
+                    .map(|d| format!("{} {} MiB", d.name, d.size_bytes >> 20))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?
+        .clone();
+    let dev = root.join("dev").join(&disk.name);
+    let url = format!("{}{}", origin(metadata_url), d.path);
+    report(
+        client,
+        ReportEvent::Progress,
+        None,
+        &format!(
+            "downloading image {} ({} MiB) from {url}",
+            d.image,
+            d.size >> 20
+        ),
+    )
+    .await?;
+    let started = Instant::now();
+    let mut resp = download_when_ready(client, &url).await?;
+
+    // The network side is async, the decompress-and-write side blocking:
+    // a bounded channel between them keeps memory flat.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+    let written = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (dev, written) = (dev.clone(), written.clone());
+        tokio::task::spawn_blocking(move || -> Result<disk::Written, AgentError> {
+            let mut f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&dev)
+                .map_err(|source| AgentError::Io {
+                    path: format!("opening {}", dev.display()),
+                    source,
+                })?;
+            let w = disk::write_image(ChannelReader::new(rx), &mut f, &dev, |n| {
+                written.store(n, Ordering::Relaxed)
+            })?;
+            disk::reread_partitions(&f);
+            Ok(w)
+        })
+    };
+    let mut last = Instant::now();
+    let mut sent = 0u64;
+    loop {
+        let chunk = match resp.chunk().await {
+            Ok(Some(c)) => c,
+            Ok(None) => break,
+            Err(e) => return Err(AgentError::Image(format!("downloading {url}: {e}"))),
+        };
+        sent += chunk.len() as u64;
+        if tx.send(chunk.to_vec()).await.is_err() {
+            break; // The writer stopped; its error says why.
+        }
+        if last.elapsed() >= HEARTBEAT {
+            last = Instant::now();
+            let msg = format!(
+                "writing image to {}: {} of {} MiB downloaded, {} MiB written",
+                disk.name,
+                sent >> 20,
+                d.size >> 20,
+                written.load(Ordering::Relaxed) >> 20
+            );
+            report(client, ReportEvent::Progress, None, &msg).await?;
+        }
+    }
+    drop(tx);
+    let w = writer
+        .await
+        .map_err(|e| AgentError::Image(format!("the disk writer stopped: {e}")))??;
+    if w.sha256 != d.sha256 {
+        return Err(AgentError::Image(format!(
+            "image {} arrived with sha256 {} ({} bytes), expected {}",
+            d.image, w.sha256, w.compressed, d.sha256
+        )));
+    }
+    if d.raw_size != 0 && w.raw != d.raw_size {
+        return Err(AgentError::Image(format!(
+            "image {} unpacked to {} bytes, expected {}",
+            d.image, w.raw, d.raw_size
+        )));
+    }
+    let took = started.elapsed().as_secs_f64();
+    report(
+        client,
+        ReportEvent::Progress,
+        None,
+        &format!(
+            "image {} written to {} and verified: {} MiB in {took:.1} s ({} MiB as zero ranges)",
+            d.image,
+            disk.name,
+            w.raw >> 20,
+            w.zeroed >> 20
+        ),
+    )
+    .await?;
+
+    let docs_path = format!(
+        "/cloud-init?metadata_url={}",
+        kumo_client::enc(metadata_url)
+    );
+    let docs: CloudInitDocuments = retry("cloud-init documents", || client.get(&docs_path)).await?;
+    let part = root.join("dev").join(disk::partition_name(&disk.name, 1));
+    seed_first_boot(&part, &docs).await?;
+    report(
+        client,
+        ReportEvent::Progress,
+        None,
+        "first boot configured; rebooting from local disk",
+    )
+    .await?;
+    let empty = serde_json::json!({});
+    let reply: InstalledReply = retry("installed", || client.post("/installed", &empty)).await?;
+    if reply.reboot == "power" {
+        // The power driver restarts the machine; restart ourselves only
+        // if it has not done so in a minute.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        tracing::warn!("the power driver did not restart this machine; rebooting");
+    }
+    Ok(Outcome::Reboot)
+}
+
+/// The rack may still be mirroring a freshly built image: wait for it.
+async fn download_when_ready(client: &Client, url: &str) -> Result<reqwest::Response, AgentError> {
+    let mut waited = Duration::ZERO;
+    loop {
+        match client.download(url).await {
+            Ok(r) => return Ok(r),
+            Err(ClientError::Api { status: 404, .. } | ClientError::Decode { status: 404, .. })
+                if waited < Duration::from_secs(600) =>
+            {
+                if waited.as_secs().is_multiple_of(30) {
+                    report(
+                        client,
+                        ReportEvent::Progress,
+                        None,
+                        "waiting for the rack to mirror the image",
+                    )
+                    .await?;
+                }
+                tokio::time::sleep(HEARTBEAT).await;
+                waited += HEARTBEAT;
+            }
+            Err(ClientError::Transport { .. }) if waited < Duration::from_secs(60) => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                waited += Duration::from_secs(1);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Mounts the written root partition and drops the NoCloud seed in it.
+async fn seed_first_boot(part: &Path, docs: &CloudInitDocuments) -> Result<(), AgentError> {
+    // The kernel creates the partition's node once it has re-read the table.
+    for _ in 0..100 {
+        if part.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mnt = Path::new("/run/kumo-target");
+    std::fs::create_dir_all(mnt).map_err(|source| AgentError::Io {
+        path: format!("creating {}", mnt.display()),
+        source,
+    })?;
+    run_cmd(
+        "mount",
+        &[
+            "-t",
+            "ext4",
+            &part.to_string_lossy(),
+            &mnt.to_string_lossy(),
+        ],
+    )?;
+    let written = disk::write_seed(mnt, docs);
+    let unmounted = run_cmd("umount", &[&mnt.to_string_lossy()]);
+    written?;
+    unmounted
+}
+
+fn run_cmd(cmd: &str, args: &[&str]) -> Result<(), AgentError> {
+    let out = std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .map_err(|source| AgentError::Io {
+            path: format!("running {cmd}"),
+            source,
+        })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(AgentError::Image(format!(
+            "{cmd} {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// Erases every disk as the release asked (quick or full), then reports.
+async fn erase(client: &Client, root: &Path) -> Result<Outcome, AgentError> {
+    let ins: Instructions = retry("instructions", || client.get("/instructions")).await?;
+    let mode = ins.erase;
+    let inv = inventory::collect(root)?;
+    for d in &inv.disks {
+        let dev = root.join("dev").join(&d.name);
+        report(
+            client,
+            ReportEvent::Progress,
+            None,
+            &format!(
+                "erasing {} ({} MiB, {})",
+                d.name,
+                d.size_bytes >> 20,
+                mode.as_str()
+            ),
+        )
+        .await?;
+        let done = Arc::new(AtomicU64::new(0));
+        let job = {
+            let (dev, done) = (dev.clone(), done.clone());
+            tokio::task::spawn_blocking(move || {
+                disk::erase(&dev, mode, |at, _| done.store(at, Ordering::Relaxed))
+            })
+        };
+        tokio::pin!(job);
+        let result = loop {
+            tokio::select! {
+                r = &mut job => break r,
+                () = tokio::time::sleep(HEARTBEAT) => {
+                    let msg = format!("erasing {}: {} of {} MiB", d.name, done.load(Ordering::Relaxed) >> 20, d.size_bytes >> 20);
+                    report(client, ReportEvent::Progress, None, &msg).await?;
+                }
+            }
+        };
+        result.map_err(|e| AgentError::Image(format!("the eraser stopped: {e}")))??;
+    }
+    report(
+        client,
+        ReportEvent::Finished,
+        Some(ReportResult::Success),
+        &format!(
+            "{} erase of {} disks finished",
+            mode.as_str(),
+            inv.disks.len()
+        ),
+    )
+    .await?;
+    Ok(Outcome::PowerOff)
+}
+
+/// Reads what the download side sends, for the blocking writer.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    current: Vec<u8>,
+    at: usize,
+}
+
+impl ChannelReader {
+    fn new(rx: tokio::sync::mpsc::Receiver<Vec<u8>>) -> Self {
+        ChannelReader {
+            rx,
+            current: Vec::new(),
+            at: 0,
+        }
+    }
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.current.len() {
+            match self.rx.blocking_recv() {
+                Some(next) => {
+                    self.current = next;
+                    self.at = 0;
+                }
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.at);
+        buf[..n].copy_from_slice(&self.current[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
     }
 }
 
@@ -196,18 +571,19 @@ where
     f().await
 }
 
-/// Powers the machine off at once (`poweroff -f`): everything is in RAM, so
-/// there is nothing to sync or unmount.
-pub fn power_off() -> Result<(), AgentError> {
-    let status = std::process::Command::new("poweroff")
+/// Powers the machine off or restarts it at once (`poweroff -f`,
+/// `reboot -f`): everything is in RAM and the disks are synced, so there
+/// is nothing to unmount.
+pub fn halt(how: &str) -> Result<(), AgentError> {
+    let status = std::process::Command::new(how)
         .arg("-f")
         .status()
-        .map_err(|e| AgentError::PowerOff(format!("running poweroff -f: {e}")))?;
+        .map_err(|e| AgentError::PowerOff(format!("running {how} -f: {e}")))?;
     if status.success() {
         Ok(())
     } else {
         Err(AgentError::PowerOff(format!(
-            "poweroff -f exited with {status}"
+            "{how} -f exited with {status}"
         )))
     }
 }
@@ -259,10 +635,26 @@ mod tests {
 
     #[tokio::test]
     async fn unimplemented_purposes_stay_up() {
-        let p = BootParams::parse("kumo.purpose=deploy kumo.metadata_url=http://127.0.0.1:9/");
+        let p = BootParams::parse("kumo.purpose=test kumo.metadata_url=http://127.0.0.1:9/");
         assert_eq!(
             run(&p, Path::new("/nonexistent")).await.unwrap(),
             Outcome::StayUp
         );
+    }
+
+    #[tokio::test]
+    async fn deploying_without_a_token_is_refused() {
+        let p = BootParams::parse("kumo.purpose=deploy kumo.metadata_url=http://127.0.0.1:9/");
+        let err = run(&p, Path::new("/nonexistent")).await.unwrap_err();
+        assert!(err.to_string().contains("kumo.token"), "{err}");
+    }
+
+    #[test]
+    fn the_rack_origin_is_cut_from_the_metadata_url() {
+        assert_eq!(
+            origin("http://10.0.0.2:5248/metadata/v1/"),
+            "http://10.0.0.2:5248"
+        );
+        assert_eq!(origin("http://rack"), "http://rack");
     }
 }

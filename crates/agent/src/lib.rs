@@ -2,8 +2,10 @@
 //! `/proc` + `/sys` tree (any root, so tests use a fake one) into
 //! [`kumo_model::Inventory`]; [`ephemeral`] is what `kumo agent ephemeral`
 //! does in the network-booted environment: read the kernel command line,
-//! enlist or commission through the rack's `/metadata/v1`, power off.
+//! enlist, commission, deploy (stream an image to disk, [`disk`]) or erase
+//! through the rack's `/metadata/v1`, then power off or reboot.
 
+pub mod disk;
 pub mod ephemeral;
 pub mod inventory;
 
@@ -24,4 +26,6 @@ pub enum AgentError {
     Region(#[from] kumo_client::ClientError),
     #[error("power off: {0}")]
     PowerOff(String),
+    #[error("{0}")]
+    Image(String),
 }

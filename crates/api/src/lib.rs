@@ -17,8 +17,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use kumo_model::api::{
-    ActionOptions, AddMachine, AllocateRequest, CreateUser, EnlistRequest, Group, MachineFilter,
-    StatusReport, Tag, UpdateMachine, UpdateTagMachines,
+    ActionOptions, AddMachine, AllocateRequest, CreateUser, EnlistRequest, Group, ImageUpload,
+    MachineFilter, NewSshKey, StatusReport, Tag, UpdateMachine, UpdateTagMachines,
 };
 use kumo_model::Inventory;
 use kumo_region::{Actor, Region, RegionError};
@@ -189,12 +189,28 @@ pub fn router(region: Region) -> Router {
             "/machines/{id}/addresses/{ip}",
             axum::routing::delete(unlink_machine),
         )
+        .route("/images", get(list_images))
+        .route(
+            "/images/{name}",
+            get(show_image)
+                .put(upload_image)
+                .delete(delete_image)
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route("/images/{name}/file", get(image_file))
+        .route("/ssh-keys", get(list_ssh_keys).post(add_ssh_key))
+        .route(
+            "/ssh-keys/{fingerprint}",
+            axum::routing::delete(delete_ssh_key),
+        )
         .route("/rack/config", get(rack_config))
         .route("/rack/rogue-dhcp", get(rogue_dhcp).post(report_rogue_dhcp));
     let metadata = Router::new()
         .route("/instructions", get(instructions))
         .route("/status", post(report_status))
         .route("/inventory", post(report_inventory))
+        .route("/cloud-init", get(cloud_init))
+        .route("/installed", post(installed))
         .route("/enlist", post(enlist));
     Router::new()
         .nest("/api/v1", api)
@@ -507,6 +523,108 @@ async fn report_inventory(
 ) -> ApiResult<impl IntoResponse> {
     let m = r.machine_inventory(&t, inv).await?;
     Ok(Json(json!({"system_id": m.system_id, "status": m.status})))
+}
+
+// ---- images and SSH keys --------------------------------------------------
+
+async fn list_images(State(r): State<Region>, _u: User) -> ApiResult<impl IntoResponse> {
+    Ok(Json(r.images().await?))
+}
+
+async fn show_image(
+    State(r): State<Region>,
+    _u: User,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(r.image(&name).await?))
+}
+
+/// The body is the image file itself, streamed to disk; the query says
+/// what it is (`sha256` is required and checked).
+async fn upload_image(
+    State(r): State<Region>,
+    User(a): User,
+    Path(name): Path<String>,
+    ApiQuery(mut meta): ApiQuery<ImageUpload>,
+    body: axum::body::Body,
+) -> ApiResult<impl IntoResponse> {
+    use futures_util::TryStreamExt;
+    meta.name = name;
+    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    let reader = tokio_util::io::StreamReader::new(stream);
+    let image = r.upload_image(&a, meta, reader).await?;
+    Ok((StatusCode::CREATED, Json(image)))
+}
+
+async fn delete_image(
+    State(r): State<Region>,
+    User(a): User,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    r.delete_image(&a, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The image file, with Range support, for racks to mirror.
+async fn image_file(
+    State(r): State<Region>,
+    _u: User,
+    Path(name): Path<String>,
+    req: Request,
+) -> ApiResult<Response> {
+    use tower::ServiceExt;
+    let (image, path) = r.image_file(&name).await?;
+    let mut res = tower_http::services::ServeFile::new(path)
+        .oneshot(req)
+        .await
+        .map_err(|e| RegionError::Internal(format!("serving image {name}: {e}")))?;
+    if let Ok(v) = axum::http::HeaderValue::from_str(&image.sha256) {
+        res.headers_mut().insert("x-kumo-sha256", v);
+    }
+    Ok(res.map(axum::body::Body::new))
+}
+
+async fn list_ssh_keys(State(r): State<Region>, User(a): User) -> ApiResult<impl IntoResponse> {
+    Ok(Json(r.ssh_keys(&a).await?))
+}
+
+async fn add_ssh_key(
+    State(r): State<Region>,
+    User(a): User,
+    ApiJson(k): ApiJson<NewSshKey>,
+) -> ApiResult<impl IntoResponse> {
+    Ok((StatusCode::CREATED, Json(r.add_ssh_key(&a, &k.key).await?)))
+}
+
+async fn delete_ssh_key(
+    State(r): State<Region>,
+    User(a): User,
+    Path(fingerprint): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    r.delete_ssh_key(&a, &fingerprint).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct CloudInitQuery {
+    metadata_url: String,
+}
+
+/// A deploying machine's NoCloud seed, rendered for the URL it reaches
+/// kumo by.
+async fn cloud_init(
+    State(r): State<Region>,
+    MachineToken(t): MachineToken,
+    ApiQuery(q): ApiQuery<CloudInitQuery>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(r.cloud_init(&t, &q.metadata_url).await?))
+}
+
+async fn installed(
+    State(r): State<Region>,
+    MachineToken(t): MachineToken,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(r.machine_installed(&t).await?))
 }
 
 /// An unknown machine enlists itself. Anonymous, as in MAAS: the machine

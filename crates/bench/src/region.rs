@@ -387,6 +387,7 @@ fn machine(i: usize, now: Millis) -> Result<Machine> {
         storage_bytes,
         inventory: Some(inventory),
         deadline: None,
+        deployment: None,
         version: 1,
         created_at: now,
         updated_at: now,

@@ -34,6 +34,9 @@ pub enum ClientError {
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
+    /// For image transfers, which may take longer than any fixed limit:
+    /// it gives up only when the peer stops sending.
+    bulk: reqwest::Client,
     base: String,
     key: Option<String>,
 }
@@ -43,6 +46,11 @@ impl Client {
         Client {
             http: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(120))
+                .build()
+                .expect("http client"),
+            bulk: reqwest::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(10))
+                .read_timeout(std::time::Duration::from_secs(60))
                 .build()
                 .expect("http client"),
             base: base.trim_end_matches('/').to_owned(),
@@ -73,24 +81,7 @@ impl Client {
             url: url.clone(),
             source,
         })?;
-        let status = resp.status();
-        let text = resp.text().await.map_err(|source| ClientError::Transport {
-            url: url.clone(),
-            source,
-        })?;
-        if status.is_success() {
-            let text = if status == StatusCode::NO_CONTENT || text.is_empty() {
-                "null"
-            } else {
-                &text
-            };
-            return serde_json::from_str(text).map_err(|_| ClientError::Decode {
-                url,
-                status: status.as_u16(),
-                body: text.to_owned(),
-            });
-        }
-        Err(api_error(url, status, text))
+        decode(url, resp).await
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
@@ -213,11 +204,88 @@ impl Client {
         })
     }
 
+    /// Streams `file` as the body of `PUT path` and decodes the answer.
+    pub async fn put_file<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        file: tokio::fs::File,
+        len: u64,
+    ) -> Result<T, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let body =
+            reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
+        let mut req = self
+            .bulk
+            .put(&url)
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(body);
+        if let Some(k) = &self.key {
+            req = req.bearer_auth(k);
+        }
+        let resp = req.send().await.map_err(|source| ClientError::Transport {
+            url: url.clone(),
+            source,
+        })?;
+        decode(url, resp).await
+    }
+
+    /// Starts a download of `url_or_path` (a path is below the base URL,
+    /// and carries this client's key); the caller reads the body with
+    /// [`reqwest::Response::chunk`]. Unsuccessful answers are errors.
+    pub async fn download(&self, url_or_path: &str) -> Result<reqwest::Response, ClientError> {
+        let absolute = url_or_path.starts_with("http://") || url_or_path.starts_with("https://");
+        let url = if absolute {
+            url_or_path.to_owned()
+        } else {
+            format!("{}{}", self.base, url_or_path)
+        };
+        let mut req = self.bulk.get(&url);
+        if let (false, Some(k)) = (absolute, &self.key) {
+            req = req.bearer_auth(k);
+        }
+        let resp = req.send().await.map_err(|source| ClientError::Transport {
+            url: url.clone(),
+            source,
+        })?;
+        let status = resp.status();
+        if !status.is_success() {
+            let text = resp.text().await.unwrap_or_default();
+            return Err(api_error(url, status, text));
+        }
+        Ok(resp)
+    }
+
     pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
         self.request::<(), serde_json::Value>(Method::DELETE, path, None)
             .await
             .map(|_| ())
     }
+}
+
+/// Decodes a JSON answer, or the error it carries.
+async fn decode<T: DeserializeOwned>(
+    url: String,
+    resp: reqwest::Response,
+) -> Result<T, ClientError> {
+    let status = resp.status();
+    let text = resp.text().await.map_err(|source| ClientError::Transport {
+        url: url.clone(),
+        source,
+    })?;
+    if status.is_success() {
+        let text = if status == StatusCode::NO_CONTENT || text.is_empty() {
+            "null"
+        } else {
+            &text
+        };
+        return serde_json::from_str(text).map_err(|_| ClientError::Decode {
+            url,
+            status: status.as_u16(),
+            body: text.to_owned(),
+        });
+    }
+    Err(api_error(url, status, text))
 }
 
 /// The answer to [`Client::forward`], as the region gave it.

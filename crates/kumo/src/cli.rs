@@ -142,7 +142,13 @@ pub enum Command {
         #[command(subcommand)]
         command: RackCommand,
     },
-    /// Boot images the rack serves.
+    /// Your SSH keys, for the machines you deploy.
+    #[command(name = "sshkeys", alias = "ssh-keys")]
+    SshKeys {
+        #[command(subcommand)]
+        command: crate::cli_deploy::SshKeyCommand,
+    },
+    /// OS images for deploying, and the boot images the rack serves.
     Images {
         #[command(subcommand)]
         command: ImagesCommand,
@@ -160,6 +166,18 @@ pub enum ImagesCommand {
     /// packages and this kumo binary (needs apt-get, dpkg-deb, depmod, ldd;
     /// build kumo with --release first for a small, fast initramfs).
     BuildEphemeral(BuildEphemeralArgs),
+    /// The images the region holds for deploying.
+    List,
+    /// Upload an image built by `kumo images build`, from its manifest
+    /// (`<name>.json` beside the image file).
+    Upload {
+        manifest: PathBuf,
+        /// Register it under another name.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Delete an image from the region (not while a machine deploys it).
+    Delete { name: String },
 }
 
 #[derive(Args, Debug)]
@@ -290,6 +308,10 @@ pub struct ServeArgs {
     /// Override the database URL from region.json.
     #[arg(long)]
     pub database: Option<String>,
+    /// The HTTP proxy deployed machines fetch packages through, e.g. the
+    /// rack's `http://10.248.0.1:8000/`.
+    #[arg(long)]
+    pub package_proxy: Option<String>,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     pub log_json: bool,
@@ -352,6 +374,12 @@ pub enum MachineCommand {
     /// Install an operating system on the machine.
     Deploy {
         machine: String,
+        /// The image to write [default: debian-12, or the only image].
+        #[arg(long)]
+        image: Option<String>,
+        /// A cloud-init user-data file for the first boot.
+        #[arg(long)]
+        user_data: Option<PathBuf>,
     },
     /// Return the machine to the pool.
     Release {
@@ -850,6 +878,20 @@ pub async fn run_client_command(cmd: Command, profile: Option<&str>, format: For
         Command::Rack {
             command: RackCommand::Serve(_),
         } => unreachable!("handled in main"),
+        Command::Images {
+            command: ImagesCommand::List,
+        } => crate::cli_deploy::list_images(&c, format).await,
+        Command::Images {
+            command: ImagesCommand::Delete { name },
+        } => crate::cli_deploy::delete_image(&c, &name).await,
+        Command::Images {
+            command: ImagesCommand::Upload { manifest, name },
+        } => {
+            let m = crate::cli_deploy::Manifest::read(&manifest)?;
+            let image = crate::cli_deploy::upload_image(&c, &m, name.as_deref()).await?;
+            emit(format, &vec![image], |i| crate::cli_deploy::image_table(i))
+        }
+        Command::SshKeys { command } => crate::cli_deploy::ssh_keys(&c, format, command).await,
         Command::Init(_)
         | Command::Images { .. }
         | Command::Agent { .. }
@@ -957,7 +999,7 @@ async fn machines(c: &Client, format: Format, cmd: MachineCommand) -> Result<()>
         MachineCommand::Release { machine, erase } => {
             let opts = ActionOptions {
                 erase: Some(EraseMode::parse(&erase)?),
-                reason: None,
+                ..Default::default()
             };
             show_machine(
                 c,
@@ -969,8 +1011,8 @@ async fn machines(c: &Client, format: Format, cmd: MachineCommand) -> Result<()>
         }
         MachineCommand::MarkBroken { machine, reason } => {
             let opts = ActionOptions {
-                erase: None,
                 reason,
+                ..Default::default()
             };
             show_machine(
                 c,
@@ -1000,8 +1042,30 @@ async fn machines(c: &Client, format: Format, cmd: MachineCommand) -> Result<()>
         MachineCommand::Test { machine } => {
             show_machine(c, format, &action(&machine, "test"), Some(&none)).await
         }
-        MachineCommand::Deploy { machine } => {
-            show_machine(c, format, &action(&machine, "deploy"), Some(&none)).await
+        MachineCommand::Deploy {
+            machine,
+            image,
+            user_data,
+        } => {
+            let user_data = match user_data {
+                Some(f) => Some(
+                    std::fs::read_to_string(&f)
+                        .with_context(|| format!("reading {}", f.display()))?,
+                ),
+                None => None,
+            };
+            let opts = ActionOptions {
+                image,
+                user_data,
+                ..Default::default()
+            };
+            show_machine(
+                c,
+                format,
+                &action(&machine, "deploy"),
+                Some(&serde_json::to_value(opts)?),
+            )
+            .await
         }
         MachineCommand::Abort { machine } => {
             show_machine(c, format, &action(&machine, "abort"), Some(&none)).await

@@ -35,6 +35,9 @@ pub const MODULES: &[&str] = &[
     "af_packet",
     "ipmi_si",
     "ipmi_devintf",
+    // Deploying mounts the written root to seed its first boot.
+    "ext4",
+    "crc32c_generic",
 ];
 
 const KERNEL_META: &str = "linux-image-amd64";

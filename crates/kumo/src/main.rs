@@ -3,6 +3,7 @@
 //! agent) is a subcommand, so one file copied to a machine is all of kumo.
 
 mod cli;
+mod cli_deploy;
 mod cli_net;
 mod config;
 mod images;
@@ -76,7 +77,11 @@ async fn agent_ephemeral(a: cli::AgentEphemeralArgs) -> Result<()> {
     match kumo_agent::ephemeral::run(&params, &a.root).await? {
         kumo_agent::Outcome::PowerOff if !a.no_power_off => {
             tracing::info!("done; powering off");
-            kumo_agent::ephemeral::power_off()?;
+            kumo_agent::ephemeral::halt("poweroff")?;
+        }
+        kumo_agent::Outcome::Reboot if !a.no_power_off => {
+            tracing::info!("done; rebooting");
+            kumo_agent::ephemeral::halt("reboot")?;
         }
         outcome => tracing::info!(?outcome, "done; staying up"),
     }

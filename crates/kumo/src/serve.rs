@@ -125,7 +125,12 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
     let file = RegionFile::load(&dir)?;
     let database = a.database.unwrap_or(file.database);
     let listen = a.listen.unwrap_or(file.listen);
-    let region = Region::open(&database, &dir.join("secret.key"), RegionConfig::default())
+    let config = RegionConfig {
+        images_dir: Some(dir.join("images")),
+        package_proxy: a.package_proxy.clone(),
+        ..RegionConfig::default()
+    };
+    let region = Region::open(&database, &dir.join("secret.key"), config)
         .await
         .with_context(|| format!("opening the region database {database}"))?;
     let listener = tokio::net::TcpListener::bind(&listen)

@@ -295,6 +295,59 @@ fn init_serve_add_tag_allocate_and_walk_a_qemu_machine_through_its_lifecycle() {
         (Some("vm1"), Some("allocated"))
     );
 
+    // Deploying needs an image: the refusal says how to get one.
+    let no_image = kumo(d, &["machines", "deploy", "vm1"]);
+    assert!(
+        String::from_utf8_lossy(&no_image.stderr).contains("kumo images build"),
+        "{}",
+        String::from_utf8_lossy(&no_image.stderr)
+    );
+    let image_dir = d.join("built");
+    std::fs::create_dir_all(&image_dir).unwrap();
+    let body = b"a tiny stand-in for a disk image";
+    std::fs::write(image_dir.join("tiny.img.zst"), body).unwrap();
+    let manifest = |sha: &str| {
+        json!({"name": "tiny", "path": "tiny.img.zst", "sha256": sha, "raw_size": 1 << 20,
+               "os": "debian", "release": "bookworm", "arch": "amd64"})
+        .to_string()
+    };
+    std::fs::write(image_dir.join("tiny.json"), manifest(&"0".repeat(64))).unwrap();
+    let corrupt = kumo(
+        d,
+        &[
+            "images",
+            "upload",
+            image_dir.join("tiny.json").to_str().unwrap(),
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&corrupt.stderr).contains("not the announced"),
+        "a body that does not match its checksum is refused: {}",
+        String::from_utf8_lossy(&corrupt.stderr)
+    );
+    let sha = {
+        use sha2::Digest;
+        hex_of(&sha2::Sha256::digest(body))
+    };
+    std::fs::write(image_dir.join("tiny.json"), manifest(&sha)).unwrap();
+    ok(
+        d,
+        &[
+            "images",
+            "upload",
+            image_dir.join("tiny.json").to_str().unwrap(),
+        ],
+    );
+    let listed = ok(d, &["images", "list"]);
+    assert!(
+        listed.contains("tiny") && listed.contains("bookworm"),
+        "{listed}"
+    );
+    ok(d, &["sshkeys", "add", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPUYHB3P4QFb+8f1A5+RYSsWcGhfpdub+t893nu4Vr/R alice@lab"]);
+    assert!(
+        ok(d, &["sshkeys", "list"]).contains("SHA256:XRcpt+iMenwlYgw9QArqsx8a4+sQK6XCjvbBvKEMUa4")
+    );
+
     ok(d, &["machines", "deploy", "vm1"]);
     wait_until("QEMU to boot for deployment", 60, || {
         qemu_alive(&lab, "vm1")
@@ -601,4 +654,8 @@ fn the_seed_network_setup_from_the_cli() {
         table.contains("dynamic") && table.contains("100") && table.contains("enlistment"),
         "{table}"
     );
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

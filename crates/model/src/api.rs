@@ -74,6 +74,12 @@ pub struct ActionOptions {
     pub erase: Option<EraseMode>,
     #[serde(default)]
     pub reason: Option<String>,
+    /// `deploy`: the image to write [default: `debian-12`, or the only one].
+    #[serde(default)]
+    pub image: Option<String>,
+    /// `deploy`: cloud-init user-data for the first boot.
+    #[serde(default)]
+    pub user_data: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -214,6 +220,60 @@ pub struct Instructions {
     /// `commission`, `test`, `deploy`, `erase`, `rescue`, or `none`.
     pub task: String,
     pub erase: EraseMode,
+    /// For `deploy`: the image to write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<crate::deploy::DeployInstructions>,
+}
+
+/// Query of `PUT /api/v1/images/{name}`: what the uploaded body is.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageUpload {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default = "default_os")]
+    pub os: String,
+    #[serde(default)]
+    pub release: String,
+    #[serde(default = "default_arch")]
+    pub arch: String,
+    /// SHA-256 of the body; an upload that does not match is refused.
+    pub sha256: String,
+    #[serde(default)]
+    pub raw_size: u64,
+    #[serde(default)]
+    pub raw_sha256: String,
+}
+
+fn default_os() -> String {
+    "debian".into()
+}
+
+fn default_arch() -> String {
+    "amd64".into()
+}
+
+/// Body of `POST /api/v1/ssh-keys`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewSshKey {
+    pub key: String,
+}
+
+/// The NoCloud seed of a deploying machine (`GET /metadata/v1/cloud-init`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloudInitDocuments {
+    pub meta_data: String,
+    pub network_config: String,
+    pub vendor_data: String,
+    pub user_data: String,
+}
+
+/// Answer to `POST /metadata/v1/installed`: who restarts the machine,
+/// `power` (its power driver) or `self` (manual power: the agent).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstalledReply {
+    pub reboot: String,
 }
 
 /// Re-export for API users building allocation requests.

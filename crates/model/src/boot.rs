@@ -72,6 +72,18 @@ impl BootPurpose {
     }
 }
 
+impl BootPurpose {
+    /// As [`for_status`](Self::for_status), except that a deploying machine
+    /// whose image is on its disk (`installed`) boots that disk.
+    pub fn for_machine(status: MachineStatus, installed: bool) -> BootPurpose {
+        if status == MachineStatus::Deploying && installed {
+            BootPurpose::LocalDisk
+        } else {
+            BootPurpose::for_status(status)
+        }
+    }
+}
+
 impl std::fmt::Display for BootPurpose {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
@@ -98,6 +110,24 @@ mod tests {
             );
             assert_eq!(p.is_ephemeral(), busy, "{s}: {p}");
         }
+    }
+
+    #[test]
+    fn a_deploying_machine_boots_its_disk_once_the_image_is_written() {
+        use MachineStatus::*;
+        assert_eq!(
+            BootPurpose::for_machine(Deploying, false),
+            BootPurpose::Deploy
+        );
+        assert_eq!(
+            BootPurpose::for_machine(Deploying, true),
+            BootPurpose::LocalDisk
+        );
+        // A stale "installed" from an earlier deployment changes nothing else.
+        assert_eq!(
+            BootPurpose::for_machine(Commissioning, true),
+            BootPurpose::Commission
+        );
     }
 
     #[test]

@@ -246,6 +246,7 @@ mod tests {
             storage_bytes: 0,
             inventory: None,
             deadline: None,
+            deployment: None,
             version: 1,
             created_at: 0,
             updated_at: 0,

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod boot;
 pub mod constraints;
+pub mod deploy;
 pub mod error;
 pub mod ids;
 pub mod inventory;

@@ -178,6 +178,14 @@ pub enum EraseMode {
 }
 
 impl EraseMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EraseMode::None => "none",
+            EraseMode::Quick => "quick",
+            EraseMode::Full => "full",
+        }
+    }
+
     pub fn parse(s: &str) -> Result<Self, ModelError> {
         match s {
             "none" | "" => Ok(EraseMode::None),

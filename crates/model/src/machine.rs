@@ -65,6 +65,9 @@ pub struct Machine {
     /// When the watchdog fails the current in-progress status, unless the
     /// machine reports before then.
     pub deadline: Option<Millis>,
+    /// The current or last deployment; `None` for a machine never deployed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<crate::deploy::Deployment>,
     /// Bumped on every write; writers compare-and-swap on it.
     pub version: i64,
     pub created_at: Millis,
@@ -88,6 +91,15 @@ impl Machine {
         self.owner = st.owner;
         self.commissioned = st.commissioned;
         self.erase = st.erase;
+    }
+
+    /// What the machine boots into over the network now.
+    pub fn boot_purpose(&self) -> crate::boot::BootPurpose {
+        let installed = self
+            .deployment
+            .as_ref()
+            .is_some_and(|d| d.stage == crate::deploy::DeployStage::Installed);
+        crate::boot::BootPurpose::for_machine(self.status, installed)
     }
 
     /// Takes cores, memory and storage from a reported inventory.

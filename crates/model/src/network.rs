@@ -504,6 +504,9 @@ pub struct RackConfig {
     /// What each known MAC boots into; unknown MACs enlist.
     #[serde(default)]
     pub boot: Vec<RackBoot>,
+    /// The OS images racks mirror for deploying machines.
+    #[serde(default)]
+    pub images: Vec<crate::deploy::Image>,
 }
 
 /// One known machine's boot interface and what it boots into now.

@@ -7,6 +7,7 @@
 //! reloads the servers in place; [`http`] is the HTTP boot server.
 
 pub mod http;
+pub mod images;
 pub mod ndp;
 pub mod plan;
 pub mod script;

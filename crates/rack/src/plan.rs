@@ -274,6 +274,7 @@ mod tests {
                 },
             ],
             boot: vec![],
+            images: vec![],
         }
     }
 

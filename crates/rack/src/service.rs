@@ -130,6 +130,7 @@ struct Outputs {
     dhcp: HashMap<String, (Interface, mpsc::Sender<kumo_dhcp::ServerConfig>)>,
     dns: Option<Arc<kumo_dns::Server>>,
     boot: Arc<BootState>,
+    images: watch::Sender<Vec<kumo_model::deploy::Image>>,
 }
 
 /// Runs the rack until `shutdown` completes.
@@ -248,7 +249,22 @@ pub async fn serve(
     }
     tracing::info!(rack = %opts.name, interfaces = ?opts.interfaces, http = %http_addr, tftp = opts.tftp_port, dns = ?opts.dns_port, "rack serving");
 
-    let outputs = Outputs { dhcp, dns, boot };
+    let (images_tx, images_rx) = watch::channel(Vec::new());
+    {
+        let (region, dir, stop) = (region.clone(), boot_dir.join("images"), stopped());
+        tasks.spawn(async move {
+            tokio::select! {
+                () = crate::images::mirror(region, dir, images_rx) => Ok(()),
+                () = stop => Ok(()),
+            }
+        });
+    }
+    let outputs = Outputs {
+        dhcp,
+        dns,
+        boot,
+        images: images_tx,
+    };
     {
         let (region, settings, stop) = (region.clone(), settings.clone(), stopped());
         let long_poll = opts.long_poll;
@@ -349,6 +365,13 @@ async fn apply(
     applied_zones: &mut Option<kumo_dns::ZoneSet>,
 ) {
     out.boot.set_boot_table(&cfg.boot);
+    out.images.send_if_modified(|images| {
+        let changed = *images != cfg.images;
+        if changed {
+            images.clone_from(&cfg.images);
+        }
+        changed
+    });
     for (name, (iface, tx)) in &out.dhcp {
         let next = plan::dhcp_config(cfg, iface, settings);
         if applied_dhcp.get(name) == Some(&next) {

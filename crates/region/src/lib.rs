@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod clock;
+mod deploy;
 mod error;
 pub mod metrics;
 mod network;
@@ -35,6 +36,7 @@ use tokio::sync::Notify;
 
 pub use auth::Actor;
 pub use clock::{Clock, Entropy, ManualClock, OsEntropy, SeededEntropy, SystemClock};
+pub use deploy::DEFAULT_IMAGE;
 pub use error::RegionError;
 pub use metrics::Metrics;
 pub use secrets::SecretBox;
@@ -55,6 +57,10 @@ pub struct RegionConfig {
     pub watchdog_timeouts: HashMap<MachineStatus, i64>,
     /// How often the workers look for work they were not told about.
     pub poll_interval: std::time::Duration,
+    /// Where uploaded OS images are kept; `None` refuses uploads.
+    pub images_dir: Option<std::path::PathBuf>,
+    /// The package proxy deployed machines use (`http://host:port/`).
+    pub package_proxy: Option<String>,
 }
 
 impl Default for RegionConfig {
@@ -63,6 +69,8 @@ impl Default for RegionConfig {
             power_retry: RetryPolicy::default(),
             watchdog_timeouts: HashMap::new(),
             poll_interval: std::time::Duration::from_secs(2),
+            images_dir: None,
+            package_proxy: None,
         }
     }
 }
@@ -82,6 +90,8 @@ struct Inner {
     machine_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     power_wakeup: Notify,
     power_in_flight: Mutex<std::collections::HashSet<String>>,
+    /// Busy machines last seen powered off, and since when.
+    seen_off: Mutex<HashMap<String, Millis>>,
     metrics: Metrics,
     /// Bumped after every committed change, so waiters (the rack's
     /// long-poll) wake at once instead of at their next poll.
@@ -113,6 +123,7 @@ impl Region {
                 machine_locks: Mutex::new(HashMap::new()),
                 power_wakeup: Notify::new(),
                 power_in_flight: Mutex::new(Default::default()),
+                seen_off: Mutex::new(Default::default()),
                 metrics: Metrics::new(),
                 changes: tokio::sync::watch::Sender::new(0),
             }),
@@ -525,6 +536,7 @@ impl Region {
             storage_bytes: 0,
             inventory: None,
             deadline: None,
+            deployment: None,
             version: 1,
             created_at: now,
             updated_at: now,
@@ -739,6 +751,24 @@ impl Region {
     where
         P: Fn(&Machine) -> Result<bool, RegionError>,
     {
+        self.transition_with(actor, id, action, precondition, |_| {})
+            .await
+    }
+
+    /// As `transition`, with `amend` changing the machine in the same write
+    /// (a deploy stores its deployment with the status that starts it).
+    async fn transition_with<P, A>(
+        &self,
+        actor: &Actor,
+        id: &str,
+        action: Action,
+        precondition: P,
+        amend: A,
+    ) -> Result<Outcome, RegionError>
+    where
+        P: Fn(&Machine) -> Result<bool, RegionError>,
+        A: Fn(&mut Machine),
+    {
         let sid = self.machine(id).await?.system_id.to_string();
         let lock = self.lock_for(&sid);
         let _guard = lock.lock().await;
@@ -751,6 +781,7 @@ impl Region {
             let now = self.now();
             let mut next = m.clone();
             next.set_lifecycle(t.state.clone());
+            amend(&mut next);
             let reason = match &action {
                 Action::MarkBroken { reason } | Action::Failed { reason } => reason.clone(),
                 Action::WatchdogExpired => format!(
@@ -903,13 +934,36 @@ impl Region {
         if !user_action {
             Self::require_admin(actor, name)?;
         }
+        let deployment = if name == "deploy" {
+            let m = self.machine(id).await?;
+            Self::may_use(actor, &m, name)?;
+            // An illegal deploy says so before it complains about images.
+            lifecycle::apply(m.system_id.as_str(), &m.lifecycle(), &action)?;
+            Some(
+                self.plan_deployment(&m, opts.image.as_deref(), opts.user_data.clone())
+                    .await?,
+            )
+        } else {
+            None
+        };
         let actor_ = actor.clone();
         let what = name.to_owned();
+        let amend = move |m: &mut Machine| {
+            if let Some(d) = &deployment {
+                m.deployment = Some(d.clone());
+            }
+        };
         match self
-            .transition(actor, id, action, move |m| {
-                Self::may_use(&actor_, m, &what)?;
-                Ok(true)
-            })
+            .transition_with(
+                actor,
+                id,
+                action,
+                move |m| {
+                    Self::may_use(&actor_, m, &what)?;
+                    Ok(true)
+                },
+                amend,
+            )
             .await?
         {
             Outcome::Applied(m) | Outcome::Skipped(m) => Ok(m),
@@ -1253,6 +1307,7 @@ impl Region {
             status: m.status,
             task: task.into(),
             erase: m.erase,
+            deploy: self.deploy_instructions(&m).await?,
         })
     }
 
@@ -1416,6 +1471,7 @@ impl Region {
             storage_bytes: 0,
             inventory: None,
             deadline: None,
+            deployment: None,
             version: 1,
             created_at: now,
             updated_at: now,

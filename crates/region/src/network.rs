@@ -4,7 +4,6 @@
 
 use std::net::Ipv4Addr;
 
-use kumo_model::boot::BootPurpose;
 use kumo_model::network::{
     check_range, check_static, next_free, parse_ip, Cidr, DnsRecord, Domain, Fabric, LinkRequest,
     RackBoot, RackConfig, RackHost, RackSubnet, RangeKind, RogueDhcpReport, RogueDhcpServer,
@@ -579,10 +578,11 @@ impl Region {
                         mac: mac.to_string(),
                         system_id: m.system_id.to_string(),
                         hostname: m.hostname.to_string(),
-                        purpose: BootPurpose::for_status(m.status),
+                        purpose: m.boot_purpose(),
                     })
                 })
                 .collect(),
+            images: self.images().await?,
             ..Default::default()
         };
         for s in self.subnets().await? {

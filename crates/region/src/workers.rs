@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use kumo_model::lifecycle::Action;
-use kumo_model::{Machine, MachineStatus, PowerState};
+use kumo_model::{Machine, MachineStatus, Millis, PowerState};
 use kumo_power::{PowerAction, PowerError};
 use kumo_store::{NewEvent, PowerJob, StoreError};
 use tokio::sync::watch;
@@ -29,6 +29,10 @@ async fn query_state(driver: &dyn kumo_power::PowerDriver) -> PowerState {
         .map(to_model)
         .unwrap_or(PowerState::Unknown)
 }
+
+/// How long a busy machine may be seen off before it fails: long enough
+/// for a reboot that passes through off, short against any watchdog.
+const POWERED_OFF_GRACE_MS: i64 = 4_000;
 
 impl Region {
     /// Runs one power operation against the machine's driver, with retries.
@@ -242,6 +246,89 @@ impl Region {
         Ok(failed)
     }
 
+    /// Machines whose task runs in the network-booted environment and that
+    /// are found powered off for longer than `grace_ms` cannot finish it:
+    /// they fail now, saying so, instead of at the watchdog's deadline.
+    /// Machines with manual power, and those with power jobs queued or
+    /// running (a power cycle passes through off), are not judged.
+    pub async fn check_busy_machines_power(&self, grace_ms: Millis) -> Result<usize, RegionError> {
+        let busy = self
+            .store()
+            .list_machines(&kumo_store::MachineQuery {
+                statuses: vec![
+                    MachineStatus::Commissioning,
+                    MachineStatus::Testing,
+                    MachineStatus::Deploying,
+                    MachineStatus::DiskErasing,
+                    MachineStatus::EnteringRescueMode,
+                ],
+                ..Default::default()
+            })
+            .await?;
+        let queued: std::collections::HashSet<String> = self
+            .store()
+            .power_jobs()
+            .await?
+            .into_iter()
+            .map(|j| j.system_id)
+            .collect();
+        let mut failed = 0;
+        let mut still_off = std::collections::HashSet::new();
+        for m in busy {
+            let sid = m.system_id.to_string();
+            let in_flight = self
+                .inner
+                .power_in_flight
+                .lock()
+                .expect("in-flight set")
+                .contains(&sid);
+            if m.power_type == "manual" || in_flight || queued.contains(&sid) {
+                continue;
+            }
+            let Ok(params) = self.power_parameters(&m).await else {
+                continue;
+            };
+            let Ok(driver) = kumo_power::driver_for(&m.power_type, &params) else {
+                continue;
+            };
+            if query_state(driver.as_ref()).await != PowerState::Off {
+                continue;
+            }
+            let now = self.now();
+            let since = *self
+                .inner
+                .seen_off
+                .lock()
+                .expect("seen-off map")
+                .entry(sid.clone())
+                .or_insert(now);
+            still_off.insert(sid.clone());
+            if now - since < grace_ms {
+                continue;
+            }
+            let status = m.status;
+            let reason = format!("machine powered off while {status}");
+            let outcome = self
+                .transition(
+                    &Actor::system(),
+                    &sid,
+                    Action::Failed { reason },
+                    move |m| Ok(m.status == status),
+                )
+                .await;
+            if let Ok(Outcome::Applied(_)) = outcome {
+                failed += 1;
+                tracing::warn!(machine = %sid, %status, "machine powered off mid-task");
+            }
+        }
+        self.inner
+            .seen_off
+            .lock()
+            .expect("seen-off map")
+            .retain(|sid, _| still_off.contains(sid));
+        Ok(failed)
+    }
+
     /// Refreshes the per-status machine gauges.
     pub async fn refresh_gauges(&self) -> Result<(), RegionError> {
         let machines = self.store().list_machines(&Default::default()).await?;
@@ -272,6 +359,9 @@ impl Region {
                 }
                 if let Err(e) = region.run_watchdog().await {
                     tracing::error!("watchdog: {e}");
+                }
+                if let Err(e) = region.check_busy_machines_power(POWERED_OFF_GRACE_MS).await {
+                    tracing::error!("power check: {e}");
                 }
                 tokio::select! {
                     _ = region.inner.power_wakeup.notified() => {}

@@ -9,6 +9,7 @@ use kumo_model::api::{
     ActionOptions, AddMachine, AllocateRequest, EnlistRequest, ReportEvent, ReportResult,
     StatusReport, Tag, UpdateMachine, UpdateTagMachines,
 };
+use kumo_model::boot::BootPurpose;
 use kumo_model::inventory::{Cpu, Disk, Nic};
 use kumo_model::{EraseMode, Inventory, MachineStatus, ModelError, PowerState};
 use kumo_power::RetryPolicy;
@@ -25,8 +26,16 @@ fn admin() -> Actor {
     }
 }
 
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
 fn config() -> RegionConfig {
     RegionConfig {
+        images_dir: Some(
+            std::env::temp_dir().join(format!("kumo-region-test-images-{}", std::process::id())),
+        ),
         power_retry: RetryPolicy {
             attempts: 2,
             initial_backoff: Duration::from_millis(10),
@@ -238,6 +247,18 @@ async fn a_machine_walks_the_whole_lifecycle_with_real_power() {
         (m.status, m.owner.as_deref()),
         (MachineStatus::Allocated, Some("admin"))
     );
+    let image = b"not really a disk".as_slice();
+    r.upload_image(
+        &admin(),
+        kumo_model::api::ImageUpload {
+            name: "debian-12".into(),
+            sha256: sha256_hex(image),
+            ..Default::default()
+        },
+        image,
+    )
+    .await
+    .unwrap();
     let m = r
         .machine_action(&admin(), "node1", "deploy", ActionOptions::default())
         .await
@@ -245,7 +266,76 @@ async fn a_machine_walks_the_whole_lifecycle_with_real_power() {
     assert_eq!(m.status, MachineStatus::Deploying);
     r.drain_power_jobs().await.unwrap();
     let token = r.machine_token("node1").await.unwrap().unwrap();
-    assert_eq!(r.instructions(&token).await.unwrap().task, "deploy");
+    let i = r.instructions(&token).await.unwrap();
+    assert_eq!(i.task, "deploy");
+    let d = i.deploy.expect("deploy instructions");
+    assert_eq!(d.sha256, sha256_hex(image));
+    assert_eq!(d.path, format!("/boot/images/{}.img.zst", d.sha256));
+    let boot_of = |cfg: &kumo_model::network::RackConfig| {
+        cfg.boot
+            .iter()
+            .find(|b| b.hostname == "node1")
+            .map(|b| b.purpose)
+    };
+    let cfg = r.rack_config().await.unwrap();
+    assert_eq!(boot_of(&cfg), Some(BootPurpose::Deploy));
+    assert_eq!(cfg.images.len(), 1, "racks mirror the image");
+
+    // The owner's SSH key and the machine's name reach the first boot.
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPUYHB3P4QFb+8f1A5+RYSsWcGhfpdub+t893nu4Vr/R alice@lab";
+    r.create_user(
+        &admin(),
+        kumo_model::api::CreateUser {
+            username: "admin".into(),
+            password: "long enough".into(),
+            admin: true,
+        },
+    )
+    .await
+    .unwrap();
+    r.add_ssh_key(&admin(), key).await.unwrap();
+    assert_eq!(
+        r.add_ssh_key(&admin(), key).await.unwrap_err().code(),
+        "already_exists"
+    );
+    let docs = r
+        .cloud_init(&token, "http://10.0.0.2:5248/metadata/v1/")
+        .await
+        .unwrap();
+    assert!(docs.vendor_data.contains(key), "{}", docs.vendor_data);
+    assert!(docs
+        .vendor_data
+        .contains("http://10.0.0.2:5248/metadata/v1/status"));
+    assert!(
+        docs.meta_data.contains("\"local-hostname\":\"node1\""),
+        "{}",
+        docs.meta_data
+    );
+    assert!(
+        docs.network_config.contains("52:54:00:00:01:01"),
+        "{}",
+        docs.network_config
+    );
+
+    // The image is on disk: the rack now boots the disk, and the power
+    // driver restarts the machine through off.
+    let reply = r.machine_installed(&token).await.unwrap();
+    assert_eq!(reply.reboot, "power");
+    assert_eq!(
+        boot_of(&r.rack_config().await.unwrap()),
+        Some(BootPurpose::LocalDisk)
+    );
+    let before = bmc.calls().len();
+    r.drain_power_jobs().await.unwrap();
+    assert_eq!(bmc.calls()[before..], ["node1 off", "node1 on"]);
+    assert_eq!(
+        r.delete_image(&admin(), "debian-12")
+            .await
+            .unwrap_err()
+            .code(),
+        "in_use",
+        "an image being deployed stays"
+    );
     r.machine_report(
         &token,
         StatusReport {
@@ -271,7 +361,7 @@ async fn a_machine_walks_the_whole_lifecycle_with_real_power() {
             "release",
             ActionOptions {
                 erase: Some(EraseMode::Quick),
-                reason: None,
+                ..Default::default()
             },
         )
         .await
@@ -669,7 +759,7 @@ async fn concurrent_actions_from_two_regions_are_serialised_not_lost() {
                     "mark-broken",
                     ActionOptions {
                         reason: Some("psu".into()),
-                        erase: None
+                        ..Default::default()
                     }
                 ),
             );

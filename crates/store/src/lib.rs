@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use kumo_model::api::{AuditEvent, Group, MachineEvent, Tag, User};
+use kumo_model::deploy::{Image, SshKey};
 use kumo_model::{Machine, MachineStatus, Millis};
 use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow};
 use sqlx::query::Query;
@@ -1233,6 +1234,106 @@ impl Store {
         Ok(())
     }
 
+    // ---- images and SSH keys ----------------------------------------------
+
+    /// Records an image, replacing one of the same name (a rebuilt image).
+    pub async fn put_image(&self, image: &Image) -> Result<(), StoreError> {
+        let body = serde_json::to_string(image).expect("an image serialises");
+        let mut tx = self.pool.begin().await?;
+        q("DELETE FROM images WHERE name = $1")
+            .bind(image.name.clone())
+            .execute(&mut *tx)
+            .await?;
+        q("INSERT INTO images (name, body) VALUES ($1, $2)")
+            .bind(image.name.clone())
+            .bind(body)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn get_image(&self, name: &str) -> Result<Image, StoreError> {
+        let row = q("SELECT body FROM images WHERE name = $1")
+            .bind(name.to_owned())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                what: "image",
+                id: name.to_owned(),
+            })?;
+        json_body("image", name, row.get(0))
+    }
+
+    pub async fn list_images(&self) -> Result<Vec<Image>, StoreError> {
+        let rows = q("SELECT name, body FROM images ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| json_body("image", &r.get::<String, _>(0), r.get(1)))
+            .collect()
+    }
+
+    pub async fn delete_image(&self, name: &str) -> Result<(), StoreError> {
+        let res = q("DELETE FROM images WHERE name = $1")
+            .bind(name.to_owned())
+            .execute(&self.pool)
+            .await?;
+        if res.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                what: "image",
+                id: name.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    pub async fn add_ssh_key(&self, username: &str, key: &SshKey) -> Result<(), StoreError> {
+        let res = q("INSERT INTO ssh_keys (username, fingerprint, body) VALUES ($1, $2, $3)")
+            .bind(username.to_owned())
+            .bind(key.fingerprint.clone())
+            .bind(serde_json::to_string(key).expect("a key serialises"))
+            .execute(&self.pool)
+            .await;
+        match res {
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Duplicate {
+                what: "ssh key",
+                value: key.fingerprint.clone(),
+            }),
+            r => r.map(|_| ()).map_err(Into::into),
+        }
+    }
+
+    pub async fn ssh_keys(&self, username: &str) -> Result<Vec<SshKey>, StoreError> {
+        let rows =
+            q("SELECT fingerprint, body FROM ssh_keys WHERE username = $1 ORDER BY fingerprint")
+                .bind(username.to_owned())
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| json_body("ssh key", &r.get::<String, _>(0), r.get(1)))
+            .collect()
+    }
+
+    pub async fn delete_ssh_key(
+        &self,
+        username: &str,
+        fingerprint: &str,
+    ) -> Result<(), StoreError> {
+        let res = q("DELETE FROM ssh_keys WHERE username = $1 AND fingerprint = $2")
+            .bind(username.to_owned())
+            .bind(fingerprint.to_owned())
+            .execute(&self.pool)
+            .await?;
+        if res.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                what: "ssh key",
+                id: fingerprint.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
     // ---- static addresses -------------------------------------------------
 
     /// Records a static address; an address held by anyone is refused.
@@ -1410,4 +1511,16 @@ impl FromStr for GroupKind {
             _ => Err(()),
         }
     }
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    id: &str,
+    body: String,
+) -> Result<T, StoreError> {
+    serde_json::from_str(&body).map_err(|source| StoreError::Corrupt {
+        what,
+        id: id.to_owned(),
+        source,
+    })
 }

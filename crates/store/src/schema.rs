@@ -105,4 +105,20 @@ CREATE INDEX static_ips_machine ON static_ips (system_id);
 CREATE INDEX static_ips_subnet ON static_ips (subnet);
 "#,
     ),
+    (
+        3,
+        "OS images and users' SSH keys",
+        r#"
+CREATE TABLE images (
+    name TEXT PRIMARY KEY,
+    body TEXT NOT NULL
+);
+CREATE TABLE ssh_keys (
+    username TEXT NOT NULL REFERENCES users (username) ON DELETE CASCADE,
+    fingerprint TEXT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (username, fingerprint)
+);
+"#,
+    ),
 ];

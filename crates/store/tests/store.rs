@@ -31,6 +31,7 @@ fn machine(id: [u8; 6], hostname: &str, mac: &str) -> Machine {
         storage_bytes: 0,
         inventory: None,
         deadline: None,
+        deployment: None,
         version: 1,
         created_at: 1000,
         updated_at: 1000,
