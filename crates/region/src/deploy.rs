@@ -360,7 +360,14 @@ impl Region {
                 format!("machine {} has no deployment", m.system_id),
             )
         })?;
-        let statics = self.static_interfaces(&m).await?;
+        let mut statics = self.static_interfaces(&m).await?;
+        // A subnet without DNS servers is served by its rack, as DHCP does:
+        // the rack is the host the machine reaches kumo by.
+        if let Some(rack) = url_host_ipv4(metadata_url) {
+            for s in statics.iter_mut().filter(|s| s.dns_servers.is_empty()) {
+                s.dns_servers.push(rack);
+            }
+        }
         let domain = statics
             .first()
             .and_then(|s| s.search.first().cloned())
@@ -464,6 +471,13 @@ impl Region {
             reboot: if by_power { "power" } else { "self" }.into(),
         })
     }
+}
+
+/// `http://10.0.0.2:5248/x` → 10.0.0.2.
+fn url_host_ipv4(url: &str) -> Option<std::net::Ipv4Addr> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split('/').next()?;
+    authority.split(':').next()?.parse().ok()
 }
 
 fn file_name(sha256: &str) -> String {

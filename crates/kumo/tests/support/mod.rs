@@ -35,7 +35,15 @@ impl Drop for Lab {
                 }
             }
         }
-        self.kill_qemu();
+        // Every QEMU the lab started, whoever started it, left a pid file.
+        if let Ok(entries) = std::fs::read_dir(self.dir.path()) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".pid") {
+                    self.kill_qemu_of(&name);
+                }
+            }
+        }
         for c in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
@@ -191,22 +199,38 @@ impl Lab {
         std::fs::read_to_string(self.path(name)).unwrap_or_default()
     }
 
+    /// A tap `name` on the rack host's bridge, for another machine.
+    pub fn add_tap(&self, name: &str) {
+        let ns = self.ns.as_str();
+        ip(&["-n", ns, "tuntap", "add", name, "mode", "tap"]);
+        ip(&["-n", ns, "link", "set", name, "master", "kbr0", "up"]);
+    }
+
     /// Kills the QEMU whose pid file is `qemu.pid` in the lab directory.
     pub fn kill_qemu(&self) {
-        if let Some(pid) = self.qemu_pid() {
+        self.kill_qemu_of("qemu.pid")
+    }
+
+    pub fn qemu_running(&self) -> bool {
+        self.qemu_running_of("qemu.pid")
+    }
+
+    /// Kills the QEMU whose pid file is `pidfile` in the lab directory.
+    pub fn kill_qemu_of(&self, pidfile: &str) {
+        if let Some(pid) = self.pid_in(pidfile) {
             // SAFETY: kill(2) has no memory-safety preconditions.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
 
-    pub fn qemu_running(&self) -> bool {
+    pub fn qemu_running_of(&self, pidfile: &str) -> bool {
         // SAFETY: kill(2) with signal 0 only checks the process exists.
-        self.qemu_pid()
+        self.pid_in(pidfile)
             .is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0)
     }
 
-    fn qemu_pid(&self) -> Option<i32> {
-        std::fs::read_to_string(self.path("qemu.pid"))
+    fn pid_in(&self, pidfile: &str) -> Option<i32> {
+        std::fs::read_to_string(self.path(pidfile))
             .ok()?
             .trim()
             .parse()

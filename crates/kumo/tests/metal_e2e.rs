@@ -1,0 +1,557 @@
+//! The metal layer end to end, on machines that really boot. Two QEMU
+//! machines nobody registered power on, network-boot Debian's kernel and
+//! kumo's initramfs from the rack and enlist as New with the inventory
+//! QEMU was given. They get the qemu power driver, commission to Ready,
+//! get tags, and deploy in parallel a Debian 12 image made by `kumo images
+//! build`: the ephemeral environment streams it onto the disk, the power
+//! driver restarts them, iPXE hands over to the disk and cloud-init's
+//! first boot applies kumo's hostname, static address and the user's SSH
+//! key. `ssh` proves it. Released with quick erase, they return to Ready.
+//! Then one machine is powered off mid-deploy (Failed deployment, the
+//! reason in its events) and another deploy is aborted.
+//!
+//! One network namespace is the rack host: a bridge `kbr0` (10.217.0.2/24)
+//! with `kumo region serve` and `kumo rack serve -i kbr0` inside, and the
+//! machines' taps on the bridge. Images are cached under `<repo>/.cache/`:
+//! the ephemeral one is rebuilt when the kumo binary changes, the Debian
+//! one reuses its cached root file system. Needs root and
+//! `bash scripts/deps-agent.sh` and `bash scripts/deps-images.sh`
+//! (scripts/test.sh runs both).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use support::{require, wait_until, Lab};
+
+const RACK_IP: &str = "10.217.0.2";
+const DISK_BYTES: u64 = 4 << 30;
+const MEMORY_MIB: u64 = 768;
+
+/// One lab machine: its NIC, disk, console and QEMU control files.
+struct Vm {
+    n: usize,
+    mac: String,
+    tap: String,
+}
+
+impl Vm {
+    fn new(n: usize) -> Vm {
+        Vm {
+            n,
+            mac: format!("52:54:00:21:70:{n:02x}"),
+            tap: format!("ktap{}", n - 1),
+        }
+    }
+
+    fn pidfile(&self) -> String {
+        format!("qemu-{}.pid", self.n)
+    }
+
+    fn console(&self) -> String {
+        format!("console-{}.log", self.n)
+    }
+
+    /// QEMU as the power driver starts it (it adds `-daemonize`): one CPU,
+    /// a virtio disk and a virtio NIC that boots from the network (iPXE),
+    /// the console appended to a file across boots.
+    fn argv(&self, h: &Lab) -> Vec<String> {
+        let qemu = String::from_utf8(
+            Command::new("sh")
+                .args(["-c", "command -v qemu-system-x86_64"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
+        let p = |name: &str| h.path(name).display().to_string();
+        let disk = p(&format!("disk-{}.qcow2", self.n));
+        [
+            qemu.trim(),
+            "-machine",
+            "accel=tcg",
+            "-smp",
+            "1",
+            "-m",
+            &MEMORY_MIB.to_string(),
+            "-boot",
+            "n",
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-chardev",
+            &format!("file,id=con,path={},append=on", p(&self.console())),
+            "-serial",
+            "chardev:con",
+            "-pidfile",
+            &p(&self.pidfile()),
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", p(&format!("qmp-{}", self.n))),
+            "-drive",
+            &format!("file={disk},if=none,id=d0,format=qcow2"),
+            "-device",
+            &format!("virtio-blk-pci,drive=d0,serial=kumo-disk-{}", self.n),
+            "-netdev",
+            &format!("tap,id=n0,ifname={},script=no,downscript=no", self.tap),
+            "-device",
+            &format!("virtio-net-pci,netdev=n0,mac={}", self.mac),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    /// Creates the disk and starts QEMU by hand, as an operator pressing
+    /// the power button of a machine kumo does not know yet.
+    fn power_on_by_hand(&self, h: &Lab) {
+        let disk = h.path(&format!("disk-{}.qcow2", self.n));
+        let out = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&disk)
+            .arg(DISK_BYTES.to_string())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let argv = self.argv(h);
+        let status = h
+            .on_rack(&argv[0])
+            .args(&argv[1..])
+            .arg("-daemonize")
+            .status()
+            .unwrap();
+        assert!(status.success(), "qemu {} did not start", self.n);
+    }
+
+    fn running(&self, h: &Lab) -> bool {
+        h.qemu_running_of(&self.pidfile())
+    }
+
+    fn machine(&self, h: &Lab) -> Option<Value> {
+        h.json(&["machines", "list"])
+            .as_array()?
+            .iter()
+            .find(|m| {
+                m["macs"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x == self.mac.as_str()))
+            })
+            .cloned()
+    }
+
+    fn status(&self, h: &Lab) -> String {
+        self.machine(h)
+            .and_then(|m| m["status"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+}
+
+fn repo_cache() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache")
+}
+
+/// The ephemeral image for this kumo binary: built once into
+/// `<repo>/.cache/ephemeral/amd64`, rebuilt when the binary's hash changes.
+fn ephemeral_image(h: &Lab) -> PathBuf {
+    let cache = repo_cache().join("ephemeral");
+    let out = cache.join("amd64");
+    let kumo = Path::new(env!("CARGO_BIN_EXE_kumo"));
+    let hash = format!("{:x}", Sha256::digest(std::fs::read(kumo).unwrap()));
+    let stamp = cache.join("kumo.sha256");
+    let fresh = std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == hash)
+        && out.join("vmlinuz").exists()
+        && out.join("initrd.img").exists();
+    if !fresh {
+        let start = Instant::now();
+        run_logged(
+            h,
+            Command::new(kumo)
+                .args(["images", "build-ephemeral", "--output"])
+                .arg(&out)
+                .arg("--cache-dir")
+                .arg(&cache),
+            "build.log",
+        );
+        std::fs::write(&stamp, &hash).unwrap();
+        eprintln!("ephemeral image built in {} s", start.elapsed().as_secs());
+    }
+    out
+}
+
+/// The Debian 12 disk image, from `kumo images build` (which caches its
+/// root file system under `<repo>/.cache/images`). Returns its manifest.
+fn debian_image(h: &Lab) -> PathBuf {
+    let cache = repo_cache().join("images");
+    let out = cache.join("out");
+    let start = Instant::now();
+    run_logged(
+        h,
+        Command::new(env!("CARGO_BIN_EXE_kumo"))
+            .args(["images", "build", "--no-upload", "--output"])
+            .arg(&out)
+            .arg("--cache-dir")
+            .arg(&cache),
+        "image.log",
+    );
+    eprintln!("debian image ready in {} s", start.elapsed().as_secs());
+    out.join("debian-12.json")
+}
+
+fn run_logged(h: &Lab, cmd: &mut Command, log: &str) {
+    let file = std::fs::File::create(h.path(log)).unwrap();
+    let status = cmd
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .status()
+        .unwrap();
+    assert!(status.success(), "{cmd:?} failed:\n{}", h.log(log));
+}
+
+/// Milliseconds of the first event of `m` whose message contains `needle`.
+fn event_at(events: &[Value], needle: &str) -> Option<i64> {
+    events
+        .iter()
+        .filter(|e| e["message"].as_str().is_some_and(|m| m.contains(needle)))
+        .filter_map(|e| e["at"].as_i64())
+        .min()
+}
+
+#[test]
+fn two_qemu_machines_enlist_commission_deploy_answer_ssh_and_release() {
+    for cmd in [
+        "qemu-system-x86_64",
+        "qemu-img",
+        "apt-get",
+        "dpkg-deb",
+        "depmod",
+        "ssh",
+        "ssh-keygen",
+    ] {
+        require(cmd, "deps-agent.sh");
+    }
+    require("debootstrap", "deps-images.sh");
+    let mut h = Lab::new(
+        "kmetal",
+        RACK_IP,
+        &[
+            "region.log",
+            "rack.log",
+            "console-1.log",
+            "console-2.log",
+            "build.log",
+            "image.log",
+        ],
+    );
+    let vms = [Vm::new(1), Vm::new(2)];
+    h.add_tap(&vms[1].tap);
+
+    let image = ephemeral_image(&h);
+    let manifest = debian_image(&h);
+    let rack_dir = h.path("rack");
+    let served = rack_dir.join("boot/ephemeral/amd64");
+    std::fs::create_dir_all(&served).unwrap();
+    for f in ["vmlinuz", "initrd.img"] {
+        std::fs::copy(image.join(f), served.join(f)).unwrap();
+    }
+
+    h.ok(&[
+        "init",
+        "--listen",
+        "127.0.0.1:5240",
+        "--password",
+        "correct-horse",
+    ]);
+    h.spawn_kumo(&["region", "serve"], "region.log");
+    wait_until("the region to answer", 30, || {
+        h.kumo(&["machines", "list"]).status.success()
+    });
+    h.ok(&["domains", "create", "lab.kumo"]);
+    h.ok(&[
+        "subnets",
+        "create",
+        "10.217.0.0/24",
+        "--gateway",
+        "10.217.0.1",
+        "--domain",
+        "lab.kumo",
+    ]);
+    h.ok(&[
+        "ipranges",
+        "create",
+        "10.217.0.0/24",
+        "dynamic",
+        "10.217.0.100",
+        "10.217.0.150",
+    ]);
+    h.ok(&["vlans", "update", "fabric-0", "0", "--dhcp", "on"]);
+    h.spawn_kumo(
+        &[
+            "rack",
+            "serve",
+            "-i",
+            "kbr0",
+            "--name",
+            "rack1",
+            "--data-dir",
+            rack_dir.to_str().unwrap(),
+            "--rogue-dhcp-interval",
+            "0",
+        ],
+        "rack.log",
+    );
+    wait_until("the rack to apply the region's configuration", 30, || {
+        h.log("rack.log").contains("rack configuration applied")
+    });
+    let uploaded = Instant::now();
+    h.ok(&["images", "upload", manifest.to_str().unwrap()]);
+    let listed = h.ok(&["images", "list"]);
+    assert!(listed.contains("debian-12"), "{listed}");
+
+    // Power on → New, with what QEMU was given.
+    for vm in &vms {
+        vm.power_on_by_hand(&h);
+    }
+    let took = wait_until("both machines to enlist", 300, || {
+        vms.iter().all(|vm| vm.machine(&h).is_some())
+    });
+    eprintln!("power-on → New (both) in {:.1} s", took.as_secs_f64());
+    let mut hosts = Vec::new();
+    for vm in &vms {
+        let m = vm.machine(&h).unwrap();
+        assert_eq!(m["status"], "new", "{m}");
+        assert_eq!(m["macs"][0], vm.mac.as_str(), "the boot MAC first: {m}");
+        assert_eq!(m["cpu_count"], 1, "{m}");
+        let mem = m["memory_mib"].as_u64().unwrap();
+        assert!(
+            mem.abs_diff(MEMORY_MIB) <= MEMORY_MIB / 10,
+            "{mem} MiB reported for {MEMORY_MIB}: {m}"
+        );
+        assert_eq!(m["storage_bytes"], DISK_BYTES, "{m}");
+        let disk = &m["inventory"]["disks"][0];
+        assert_eq!(disk["serial"], format!("kumo-disk-{}", vm.n), "{m}");
+        assert_eq!(m["inventory"]["nics"][0]["driver"], "virtio_net", "{m}");
+        assert_eq!(m["inventory"]["dmi"]["vendor"], "QEMU", "{m}");
+        hosts.push(m["hostname"].as_str().unwrap().to_owned());
+    }
+    wait_until("the machines to power themselves off", 60, || {
+        vms.iter().all(|vm| !vm.running(&h))
+    });
+
+    // From now on kumo drives their power.
+    for (vm, host) in vms.iter().zip(&hosts) {
+        let argv = serde_json::to_string(&vm.argv(&h)).unwrap();
+        let qmp = h.path(&format!("qmp-{}", vm.n));
+        h.ok(&[
+            "machines",
+            "update",
+            host,
+            "--power-type",
+            "qemu",
+            "--power-param",
+            &format!("qmp_socket={}", qmp.display()),
+            "--power-param",
+            &format!("command={argv}"),
+        ]);
+        h.ok(&["machines", "commission", host]);
+    }
+    let took = wait_until("both machines to commission to Ready", 300, || {
+        vms.iter().all(|vm| vm.status(&h) == "ready")
+    });
+    eprintln!("commission → Ready (both) in {:.1} s", took.as_secs_f64());
+    wait_until("the machines to power off after commissioning", 60, || {
+        vms.iter().all(|vm| !vm.running(&h))
+    });
+
+    // Tags: one by hand, one from the inventory.
+    h.ok(&["tags", "create", "metal"]);
+    h.ok(&[
+        "tags",
+        "create",
+        "virtio",
+        "--definition",
+        "cpu_count == 1 && memory_mib < 1024",
+    ]);
+    for host in &hosts {
+        h.ok(&["tags", "add", "metal", host]);
+    }
+    for vm in &vms {
+        let tags = vm.machine(&h).unwrap()["tags"].clone();
+        assert_eq!(tags, serde_json::json!(["metal", "virtio"]));
+    }
+
+    // Deploy both at once, with the user's key.
+    let key = h.path("id_ed25519");
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "metal-e2e", "-f"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    h.ok(&[
+        "sshkeys",
+        "add",
+        "--file",
+        &format!("{}.pub", key.display()),
+    ]);
+    wait_until("the rack to mirror the image", 120, || {
+        h.log("rack.log").contains("image mirrored")
+    });
+    eprintln!(
+        "image uploaded and mirrored in {:.1} s",
+        uploaded.elapsed().as_secs_f64()
+    );
+    let deploy_started = Instant::now();
+    for host in &hosts {
+        h.ok(&["machines", "deploy", host]);
+    }
+    wait_until("both machines to deploy", 900, || {
+        let s: Vec<String> = vms.iter().map(|vm| vm.status(&h)).collect();
+        assert!(
+            !s.iter().any(|s| s == "failed_deployment"),
+            "a deployment failed: {s:?}\n{}",
+            h.ok(&["events", "--limit", "40"])
+        );
+        s.iter().all(|s| s == "deployed")
+    });
+    eprintln!(
+        "deploy → Deployed (both, in parallel) in {:.1} s",
+        deploy_started.elapsed().as_secs_f64()
+    );
+
+    for host in &hosts {
+        let addrs = h.json(&["machines", "addresses", host]);
+        let ip = addrs[0]["ip"]
+            .as_str()
+            .expect("a static address")
+            .to_owned();
+        let out = h
+            .on_rack("ssh")
+            .args(["-i", key.to_str().unwrap()])
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+            ])
+            .args(["-o", "ConnectTimeout=10", "-o", "BatchMode=yes"])
+            .arg(format!("debian@{ip}"))
+            .arg("hostname; ip -4 -o addr show")
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "ssh debian@{ip}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(said.lines().next(), Some(host.as_str()), "{said}");
+        assert!(said.contains(&format!("inet {ip}/24")), "{said}");
+        print_breakdown(&h, host);
+    }
+
+    // Release with quick erase: the disks are wiped, the machines are Ready.
+    for host in &hosts {
+        h.ok(&["machines", "release", host, "--erase", "quick"]);
+    }
+    wait_until("both machines to erase and return to Ready", 300, || {
+        vms.iter().all(|vm| vm.status(&h) == "ready")
+    });
+    wait_until("the machines to power off after erasing", 60, || {
+        vms.iter().all(|vm| !vm.running(&h))
+    });
+    let events = h.ok(&["events", "--machine", &hosts[0], "--limit", "100"]);
+    assert!(
+        events.contains("quick erase of 1 disks finished"),
+        "{events}"
+    );
+
+    // Powered off mid-deploy: Failed deployment, and the events say why.
+    h.ok(&["machines", "deploy", &hosts[0]]);
+    wait_until("the image download to start", 240, || {
+        h.ok(&["events", "--machine", &hosts[0], "--limit", "5"])
+            .contains("downloading image")
+    });
+    h.kill_qemu_of(&vms[0].pidfile());
+    wait_until("the machine to fail its deployment", 60, || {
+        vms[0].status(&h) == "failed_deployment"
+    });
+    let events = h.ok(&["events", "--machine", &hosts[0], "--limit", "10"]);
+    assert!(
+        events.contains("machine powered off while deploying"),
+        "{events}"
+    );
+
+    // Abort: back where the deploy began, and powered off.
+    h.ok(&["machines", "deploy", &hosts[1]]);
+    wait_until("the second machine to power on", 60, || vms[1].running(&h));
+    h.ok(&["machines", "abort", &hosts[1]]);
+    let m = vms[1].machine(&h).unwrap();
+    assert_eq!(m["status"], "allocated", "{m}");
+    wait_until("the aborted machine to power off", 60, || {
+        !vms[1].running(&h)
+    });
+}
+
+/// Prints, per phase of one deployment, kumo's seconds beside the lower
+/// bound of the raw steps measured on this host, so overhead shows.
+fn print_breakdown(h: &Lab, host: &str) {
+    let v = h.json(&["events", "--machine", host, "--limit", "200"]);
+    let events = v.as_array().unwrap();
+    // The last deployment's events (an earlier cycle may be in the log).
+    let start = events
+        .iter()
+        .filter(|e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("deploy by"))
+        })
+        .filter_map(|e| e["at"].as_i64())
+        .max()
+        .expect("a deploy event");
+    let recent: Vec<Value> = events
+        .iter()
+        .filter(|e| e["at"].as_i64().is_some_and(|t| t >= start))
+        .cloned()
+        .collect();
+    let at = |needle: &str| event_at(&recent, needle);
+    let phases = [
+        (
+            "power on, DHCP, boot files, agent up",
+            Some(start),
+            at("downloading image"),
+        ),
+        (
+            "image download and write",
+            at("downloading image"),
+            at("written to"),
+        ),
+        (
+            "seed first boot, ask for reboot",
+            at("written to"),
+            at("rebooting from local disk"),
+        ),
+        (
+            "reboot and first boot",
+            at("rebooting from local disk"),
+            at("→ deployed"),
+        ),
+    ];
+    eprintln!("deployment of {host}:");
+    for (name, from, to) in phases {
+        match (from, to) {
+            (Some(a), Some(b)) => eprintln!("  {name:<40} {:>6.1} s", (b - a) as f64 / 1000.0),
+            _ => eprintln!("  {name:<40}      ? (events missing)"),
+        }
+    }
+    if let Some(written) = recent
+        .iter()
+        .filter_map(|e| e["message"].as_str())
+        .find(|m| m.contains("written to"))
+    {
+        eprintln!("  ({written})");
+    }
+}
