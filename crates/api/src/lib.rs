@@ -204,6 +204,7 @@ pub fn router(region: Region) -> Router {
             axum::routing::delete(delete_ssh_key),
         )
         .route("/rack/config", get(rack_config))
+        .route("/rack/boot-events", post(rack_boot_event))
         .route("/rack/rogue-dhcp", get(rogue_dhcp).post(report_rogue_dhcp));
     let metadata = Router::new()
         .route("/instructions", get(instructions))
@@ -523,6 +524,23 @@ async fn report_inventory(
 ) -> ApiResult<impl IntoResponse> {
     let m = r.machine_inventory(&t, inv).await?;
     Ok(Json(json!({"system_id": m.system_id, "status": m.status})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BootEvent {
+    system_id: String,
+    message: String,
+}
+
+/// A rack saw a machine boot (it fetched its iPXE script).
+async fn rack_boot_event(
+    State(r): State<Region>,
+    User(a): User,
+    ApiJson(e): ApiJson<BootEvent>,
+) -> ApiResult<impl IntoResponse> {
+    r.record_boot_event(&a, &e.system_id, &e.message).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 // ---- images and SSH keys --------------------------------------------------

@@ -520,8 +520,13 @@ fn print_breakdown(h: &Lab, host: &str) {
     let at = |needle: &str| event_at(&recent, needle);
     let phases = [
         (
-            "power on, DHCP, boot files, agent up",
+            "power on, firmware, DHCP, iPXE",
             Some(start),
+            at("fetched its deploy script"),
+        ),
+        (
+            "boot files, kernel, agent up",
+            at("fetched its deploy script"),
             at("downloading image"),
         ),
         (
@@ -535,8 +540,13 @@ fn print_breakdown(h: &Lab, host: &str) {
             at("rebooting from local disk"),
         ),
         (
-            "reboot and first boot",
+            "power cycle, firmware, DHCP, iPXE",
             at("rebooting from local disk"),
+            at("fetched its local-disk script"),
+        ),
+        (
+            "disk boot and cloud-init first boot",
+            at("fetched its local-disk script"),
             at("→ deployed"),
         ),
     ];

@@ -220,6 +220,12 @@ fn parse_mac(raw: &str) -> Option<String> {
     Some(parts.join(":").to_ascii_lowercase())
 }
 
+#[derive(serde::Serialize)]
+struct BootEvent {
+    system_id: String,
+    message: String,
+}
+
 async fn for_mac(
     State(s): State<Arc<BootState>>,
     Path(raw): Path<String>,
@@ -261,6 +267,25 @@ async fn for_mac(
                 })
                 .inc();
             tracing::info!(%mac, %purpose, machine = input.hostname.unwrap_or("unknown"), "boot script served");
+            if let (Some(b), Some(region)) = (&known, s.region.get()) {
+                // Into the machine's events, so the time from power-on to
+                // iPXE (firmware, DHCP) shows in its history. Best effort.
+                let (region, body) = (
+                    region.clone(),
+                    BootEvent {
+                        system_id: b.system_id.clone(),
+                        message: format!("iPXE fetched its {purpose} script from rack {}", s.rack),
+                    },
+                );
+                tokio::spawn(async move {
+                    if let Err(e) = region
+                        .post::<_, serde_json::Value>("/api/v1/rack/boot-events", &body)
+                        .await
+                    {
+                        tracing::debug!(error = %e, "boot event not recorded");
+                    }
+                });
+            }
             ipxe(text)
         }
         Err(e) => internal(e),

@@ -430,6 +430,28 @@ impl Region {
         Ok(out)
     }
 
+    /// Records what a rack saw of a machine's boot.
+    pub async fn record_boot_event(
+        &self,
+        actor: &Actor,
+        system_id: &str,
+        message: &str,
+    ) -> Result<(), RegionError> {
+        Self::require_admin(actor, "recording boot events")?;
+        let m = self.machine(system_id).await?;
+        self.store()
+            .add_machine_event(
+                m.system_id.as_str(),
+                self.now(),
+                &NewEvent {
+                    kind: "boot",
+                    message: message.chars().take(200).collect(),
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
     /// The image is on the machine's disk: from now on the rack boots it
     /// from that disk, and the power driver restarts it (a machine with
     /// manual power restarts itself).
