@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what `kumo images build-ephemeral` and the enlistment suite
-# (crates/kumo/tests/enlist_e2e.rs) need: the tools that unpack Debian's
+# (crates/kumo/tests/metal_e2e.rs) need: the tools that unpack Debian's
 # kernel and busybox packages and pack the initramfs, and QEMU with its
 # iPXE ROMs and qemu-img. The kernel and busybox .debs themselves are
 # fetched by `apt-get download` at build time (cached under .cache/), so
