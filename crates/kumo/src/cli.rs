@@ -662,6 +662,16 @@ fn machine_detail(v: &MachineView) -> comfy_table::Table {
             ),
         ));
     }
+    if let Some(d) = &m.deployment {
+        let stage = match d.stage {
+            kumo_model::deploy::DeployStage::Installing => "writing the image",
+            kumo_model::deploy::DeployStage::Installed => "image on disk",
+        };
+        rows.push((
+            "deployment",
+            format!("{} since {} ({stage})", d.image, time(d.started_at)),
+        ));
+    }
     if let Some(d) = m.deadline {
         rows.push(("deadline", time(d)));
     }
