@@ -15,6 +15,9 @@ use crate::AgentError;
 /// The unit of writing (and of spotting runs of zeros).
 const BLOCK: usize = 1 << 20;
 
+/// How much is written between flushes to the disk.
+const SYNC_EVERY: u64 = 64 << 20;
+
 fn io(path: &Path, what: &str) -> impl FnOnce(std::io::Error) -> AgentError {
     let path = format!("{what} {}", path.display());
     move |source| AgentError::Io { path, source }
@@ -112,6 +115,12 @@ pub fn write_image(
                 .map_err(io(target_path, "writing"))?;
         }
         raw += n as u64;
+        // Flush as we go: "written" then means on the disk, and the time
+        // goes where the progress reports show it, not into one long
+        // silent flush at the end.
+        if raw % SYNC_EVERY < n as u64 {
+            target.sync_data().map_err(io(target_path, "syncing"))?;
+        }
         progress(raw);
     }
     if let Some((at, len)) = zero_run.take() {
