@@ -24,6 +24,7 @@ bash scripts/deps-tftp.sh
 bash scripts/deps-dns.sh
 bash scripts/deps-rack.sh
 bash scripts/deps-agent.sh
+bash scripts/deps-images.sh
 
 step "postgresql"
 KUMO_TEST_PG_URL=$(bash scripts/pg-test-server.sh start)

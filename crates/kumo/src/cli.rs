@@ -178,6 +178,41 @@ pub enum ImagesCommand {
     },
     /// Delete an image from the region (not while a machine deploys it).
     Delete { name: String },
+    /// Build a bootable Debian disk image for deployment (as root: needs
+    /// debootstrap, sfdisk, loop devices, mkfs.ext4; see
+    /// scripts/deps-images.sh). The root filesystem is cached, so a
+    /// rebuild takes seconds.
+    Build(BuildImageArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BuildImageArgs {
+    /// The image's name: <output>/<name>.img.zst and <name>.json.
+    #[arg(long, default_value = crate::disk_image::DEFAULT_NAME)]
+    pub name: String,
+    /// The Debian release to debootstrap.
+    #[arg(long, default_value = crate::disk_image::DEFAULT_RELEASE)]
+    pub release: String,
+    /// The Debian mirror packages come from.
+    #[arg(long, default_value = crate::disk_image::DEFAULT_MIRROR)]
+    pub mirror: String,
+    /// The raw disk image's size; deployed machines grow the root
+    /// partition to their whole disk on first boot.
+    #[arg(long, default_value_t = crate::disk_image::DEFAULT_SIZE_MIB)]
+    pub size_mib: u64,
+    /// Where to write the image [default: <data dir>/images].
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Cached root filesystems and packages [default: <data dir>/cache/images].
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Another Debian package to install (repeatable).
+    #[arg(long = "package", value_name = "PACKAGE")]
+    pub packages: Vec<String>,
+    /// Only build: do not upload the image to the region of the current
+    /// profile (`kumo images upload <output>/<name>.json` does it later).
+    #[arg(long)]
+    pub no_upload: bool,
 }
 
 #[derive(Args, Debug)]

@@ -6,6 +6,7 @@ mod cli;
 mod cli_deploy;
 mod cli_net;
 mod config;
+mod disk_image;
 mod images;
 mod output;
 mod serve;
@@ -13,14 +14,31 @@ mod serve;
 use anyhow::{Context, Result};
 use clap::Parser;
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let args = cli::Cli::parse();
-    if let Err(e) = run(args).await {
+    let result = prepare(&args).and_then(|()| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the tokio runtime")?
+            .block_on(run(args))
+    });
+    if let Err(e) = result {
         // One line a person can act on, with the causes after colons.
         eprintln!("kumo: {}", output::error_chain(&e));
         std::process::exit(1);
     }
+}
+
+/// What must happen while kumo is still one thread.
+fn prepare(args: &cli::Cli) -> Result<()> {
+    if let cli::Command::Images {
+        command: cli::ImagesCommand::Build(_),
+    } = &args.command
+    {
+        disk_image::enter_private_mount_namespace()?;
+    }
+    Ok(())
 }
 
 async fn run(args: cli::Cli) -> Result<()> {
@@ -35,6 +53,9 @@ async fn run(args: cli::Cli) -> Result<()> {
         cli::Command::Images {
             command: cli::ImagesCommand::BuildEphemeral(a),
         } => build_ephemeral(a).await,
+        cli::Command::Images {
+            command: cli::ImagesCommand::Build(a),
+        } => build_disk_image(a, args.profile.as_deref(), args.format).await,
         cli::Command::Agent {
             command: cli::AgentCommand::Ephemeral(a),
         } => agent_ephemeral(a).await,
@@ -57,6 +78,51 @@ async fn build_ephemeral(a: cli::BuildEphemeralArgs) -> Result<()> {
     tokio::task::spawn_blocking(move || images::build(&opts))
         .await
         .context("building the ephemeral image")?
+}
+
+async fn build_disk_image(
+    a: cli::BuildImageArgs,
+    profile: Option<&str>,
+    format: output::Format,
+) -> Result<()> {
+    let data = config::default_data_dir();
+    // Know where it goes before minutes of building.
+    let region = if a.no_upload {
+        None
+    } else {
+        let (_, prof) = config::Profiles::load()?.pick(profile).context(
+            "uploading the image needs a region profile (`kumo init` or `kumo login`); \
+             or build with --no-upload",
+        )?;
+        Some(kumo_client::Client::new(&prof.url, Some(prof.key)))
+    };
+    let opts = disk_image::DiskImageOptions {
+        name: a.name,
+        release: a.release,
+        mirror: a.mirror,
+        size_mib: a.size_mib,
+        output_dir: a.output.unwrap_or_else(|| data.join("images")),
+        cache_dir: a.cache_dir.unwrap_or_else(|| data.join("cache/images")),
+        extra_packages: a.packages,
+    };
+    // Ctrl-C reaches the command the build is running, which fails; kumo
+    // itself stays up to unmount and detach what the build set up.
+    tokio::spawn(async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("kumo: interrupted; cleaning up");
+            disk_image::interrupt();
+        }
+    });
+    let built = tokio::task::spawn_blocking(move || disk_image::build(&opts))
+        .await
+        .context("building the disk image")??;
+    if let Some(c) = region {
+        let manifest = built.path.with_file_name(format!("{}.json", built.name));
+        let m = cli_deploy::Manifest::read(&manifest)?;
+        let image = cli_deploy::upload_image(&c, &m, None).await?;
+        output::emit(format, &vec![image], |i| cli_deploy::image_table(i))?;
+    }
+    Ok(())
 }
 
 async fn agent_ephemeral(a: cli::AgentEphemeralArgs) -> Result<()> {

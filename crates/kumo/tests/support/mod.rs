@@ -63,13 +63,20 @@ pub fn ip(args: &[&str]) {
     );
 }
 
-/// Fails naming the script that installs `cmd` when it is missing.
-pub fn require(cmd: &str, deps_script: &str) {
-    let found = Command::new("sh")
+/// Whether `cmd` is on the PATH.
+pub fn found(cmd: &str) -> bool {
+    Command::new("sh")
         .args(["-c", &format!("command -v {cmd}")])
         .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(found, "{cmd} not found: run bash scripts/{deps_script}");
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Fails naming the script that installs `cmd` when it is missing.
+pub fn require(cmd: &str, deps_script: &str) {
+    assert!(
+        found(cmd),
+        "{cmd} not found: run bash scripts/{deps_script}"
+    );
 }
 
 /// Polls `f` until it holds; returns how long that took.
