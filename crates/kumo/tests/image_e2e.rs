@@ -171,7 +171,7 @@ fn build_image(dir: &Path) -> Built {
     let file = std::fs::File::create(&log).unwrap();
     let start = Instant::now();
     let status = Command::new(env!("CARGO_BIN_EXE_kumo"))
-        .args(["images", "build", "--output"])
+        .args(["images", "build", "--no-upload", "--output"])
         .arg(&output)
         .arg("--cache-dir")
         .arg(&cache)
