@@ -39,7 +39,12 @@ impl Image {
 }
 
 pub fn image_rack_path(sha256: &str) -> String {
-    format!("/boot/images/{sha256}.img.zst")
+    format!("/boot/images/{}", image_file_name(sha256))
+}
+
+/// The file an image is kept in, by region and racks alike.
+pub fn image_file_name(sha256: &str) -> String {
+    format!("{sha256}.img.zst")
 }
 
 /// Image names become file and URL parts: keep them plain.

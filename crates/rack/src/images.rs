@@ -51,7 +51,7 @@ pub async fn mirror(region: Client, dir: PathBuf, mut wanted: watch::Receiver<Ve
 }
 
 fn file_name(image: &Image) -> String {
-    format!("{}.img.zst", image.sha256)
+    kumo_model::deploy::image_file_name(&image.sha256)
 }
 
 /// Downloads one image beside its final name and renames it into place

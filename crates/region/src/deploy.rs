@@ -42,7 +42,9 @@ impl Region {
     /// The image and the file holding it.
     pub async fn image_file(&self, name: &str) -> Result<(Image, PathBuf), RegionError> {
         let image = self.image(name).await?;
-        let path = self.images_dir()?.join(file_name(&image.sha256));
+        let path = self
+            .images_dir()?
+            .join(deploy::image_file_name(&image.sha256));
         Ok((image, path))
     }
 
@@ -97,7 +99,7 @@ impl Region {
                     ),
                 ));
             }
-            let final_path = dir.join(file_name(&meta.sha256));
+            let final_path = dir.join(deploy::image_file_name(&meta.sha256));
             tokio::fs::rename(&part, &final_path)
                 .await
                 .map_err(|e| io_error(format!("renaming {}", part.display()), e))?;
@@ -174,7 +176,7 @@ impl Region {
             Err(_) => true,
         };
         if let (false, Ok(dir)) = (still_used, self.images_dir()) {
-            let _ = tokio::fs::remove_file(dir.join(file_name(sha256))).await;
+            let _ = tokio::fs::remove_file(dir.join(deploy::image_file_name(sha256))).await;
         }
     }
 
@@ -500,10 +502,6 @@ fn url_host_ipv4(url: &str) -> Option<std::net::Ipv4Addr> {
     let rest = url.split_once("://")?.1;
     let authority = rest.split('/').next()?;
     authority.split(':').next()?.parse().ok()
-}
-
-fn file_name(sha256: &str) -> String {
-    format!("{sha256}.img.zst")
 }
 
 fn io_error(what: String, e: std::io::Error) -> RegionError {
