@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 step() { printf '\n== %s\n' "$*"; }
 
 step "dependencies"
+df -h . | tail -n 1 | awk '{ print "disk: " $4 " free of " $2 }'
+# One clean build: incremental state would only double the target dir.
+if [[ "${CI:-}" == "true" ]]; then export CARGO_INCREMENTAL=0; fi
 need=()
 for p in postgresql qemu-system-x86; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")

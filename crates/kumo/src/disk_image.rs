@@ -222,6 +222,8 @@ pub fn build(opts: &DiskImageOptions) -> Result<BuiltImage> {
                 packages.len(),
                 log.path.display()
             );
+            // debootstrap's tree, its package cache and the tarball.
+            ensure_free_space(&cache, 2048 << 20, "a root filesystem")?;
             let work = cache.join(format!("rootfs-{key}.partial"));
             let info = build_rootfs(opts, &packages, &files, &cache, &work, &log)?;
             pack_rootfs(&work.join("root"), &tarball, &log)?;
@@ -237,6 +239,15 @@ pub fn build(opts: &DiskImageOptions) -> Result<BuiltImage> {
         opts.size_mib
     );
     let start = Instant::now();
+    // The sparse disk holds the unpacked tree plus ext4's metadata; the
+    // compressed copy is about half the tree. A full disk shows up much
+    // later as a filesystem gone read-only inside the loop device, which
+    // names nothing useful, so say it up front.
+    let need = info.bytes + info.bytes / 2 + (256 << 20);
+    ensure_free_space(&cache, need, "the disk image")?;
+    if output != cache {
+        ensure_free_space(&output, info.bytes / 2, "the compressed image")?;
+    }
     let work = cache.join(format!("disk-{}.partial", opts.name));
     let raw = work.join("disk.img");
     make_disk(opts.size_mib, &tarball, info.bytes, &work, &raw, &log)?;
@@ -810,6 +821,19 @@ fn make_disk(
     // boot then has nothing to do.
     log.run(Command::new("e2fsck").args(["-f", "-n"]).arg(&part))?;
     mounts.release()
+}
+
+fn ensure_free_space(dir: &Path, need: u64, what: &str) -> Result<()> {
+    let free = available_bytes(dir)?;
+    if free < need {
+        bail!(
+            "not enough free space in {} for {what}: {} MiB free, about {} MiB needed",
+            dir.display(),
+            free >> 20,
+            need >> 20
+        );
+    }
+    Ok(())
 }
 
 fn available_bytes(mnt: &Path) -> Result<u64> {
