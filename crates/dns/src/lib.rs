@@ -40,7 +40,8 @@ mod zone;
 use std::net::SocketAddr;
 
 pub use crate::core::{
-    AnswerCache, Counters, Forward, Outcome, Server, Transport, EDNS_PAYLOAD, MAX_UDP_PAYLOAD,
+    AnswerCache, Counters, Forward, Handled, Outcome, Server, Transport, EDNS_PAYLOAD,
+    MAX_UDP_PAYLOAD,
 };
 pub use shell::{run, Listener, ShellConfig};
 pub use zone::{Record, RecordData, Soa, Zone, ZoneDefaults, ZoneSet};
