@@ -4,6 +4,7 @@
 //! to kumo as JSON, written out as zone files for BIND and as a hosts file
 //! for dnsmasq.
 
+use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -35,10 +36,16 @@ pub struct Args {
     /// dnsperf threads (-T).
     #[arg(long, default_value_t = 1)]
     threads: u32,
-    /// Also measure kumo as it was before this benchmark: one UDP task,
-    /// no reply cache.
+    /// Also measure kumo with one UDP thread and no reply cache.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     baseline: bool,
+    /// Run the servers and dnsperf under SCHED_RR at this priority
+    /// (`chrt -r`), so other load on the machine does not decide the
+    /// figures: every process measured preempts the machine's ordinary
+    /// ones, alike for each server. Off by default: the figures are then
+    /// those of ordinary scheduling.
+    #[arg(long)]
+    rt_priority: Option<u8>,
     /// Servers to measure, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "kumo,bind,dnsmasq")]
     servers: Vec<Peer>,
@@ -47,7 +54,7 @@ pub struct Args {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Peer {
     Kumo,
-    /// kumo with one UDP task and no reply cache.
+    /// kumo with one UDP thread and no reply cache.
     #[value(skip)]
     KumoBaseline,
     Bind,
@@ -79,7 +86,7 @@ pub async fn run(a: Args) -> Result<()> {
     let nqueries = write_queries(&queries, &hosts)?;
     println!(
         "DNS: dnsperf -c {} -T {} -q {} -l {} from {} to {}:53; {} hosts (A + PTR) in {} zones; \
-         {nqueries} queries in the file: every A, every PTR and 10% names that do not exist (NXDOMAIN)",
+         {nqueries} queries in the file: every A, every PTR and 10% names that do not exist (NXDOMAIN){}",
         a.sockets,
         a.threads,
         a.outstanding,
@@ -87,7 +94,11 @@ pub async fn run(a: Args) -> Result<()> {
         lab.client_ns,
         lab.server_ip,
         hosts.len(),
-        zones.zones.len()
+        zones.zones.len(),
+        match a.rt_priority {
+            Some(p) => format!("; servers and dnsperf under SCHED_RR priority {p}"),
+            None => String::new(),
+        }
     );
     let mut rows = Vec::new();
     let mut peers = a.servers.clone();
@@ -244,21 +255,21 @@ async fn bench_one(
         Peer::Kumo => {
             let path = dir.join("kumo-zones.json");
             std::fs::write(&path, serde_json::to_vec(zones)?)?;
-            let mut cmd = lab.server_cmd(lab::this_exe()?);
+            let mut cmd = scheduled(a, |p| lab.server_cmd(p), lab::this_exe()?);
             cmd.arg("serve-dns")
                 .args(["--listen", &format!("{}:53", lab.server_ip)])
                 .arg("--zones")
                 .arg(&path);
             (
                 "kumo",
-                "authoritative; a UDP task per core, reply cache",
+                "authoritative; UDP threads (recvmmsg/sendmmsg batches), reply cache",
                 Daemon::spawn("kumo dns", cmd, &dir.join("kumo-dns.log"))?,
             )
         }
         Peer::KumoBaseline => {
             let path = dir.join("kumo-zones.json");
             std::fs::write(&path, serde_json::to_vec(zones)?)?;
-            let mut cmd = lab.server_cmd(lab::this_exe()?);
+            let mut cmd = scheduled(a, |p| lab.server_cmd(p), lab::this_exe()?);
             cmd.arg("serve-dns")
                 .args(["--listen", &format!("{}:53", lab.server_ip)])
                 .arg("--zones")
@@ -266,14 +277,14 @@ async fn bench_one(
                 .args(["--udp-workers", "1", "--cache-entries", "0"]);
             (
                 "kumo-1",
-                "authoritative; one UDP task, no cache (the shell before)",
+                "authoritative; one UDP thread, no reply cache",
                 Daemon::spawn("kumo dns", cmd, &dir.join("kumo-dns-1.log"))?,
             )
         }
         Peer::Bind => {
             let conf = dir.join("named.conf");
             std::fs::write(&conf, named_conf(dir, lab, zones)?)?;
-            let mut cmd = lab.server_cmd("named");
+            let mut cmd = scheduled(a, |p| lab.server_cmd(p), "named");
             cmd.args(["-g", "-4", "-c"]).arg(&conf);
             (
                 "BIND",
@@ -288,7 +299,7 @@ async fn bench_one(
                 writeln!(text, "{ip} {n}")?;
             }
             std::fs::write(&hosts_file, text)?;
-            let mut cmd = lab.server_cmd("dnsmasq");
+            let mut cmd = scheduled(a, |p| lab.server_cmd(p), "dnsmasq");
             cmd.args([
                 "--conf-file=/dev/null",
                 "--keep-in-foreground",
@@ -313,7 +324,7 @@ async fn bench_one(
         }
     };
     lab.wait_udp(&mut daemon, 53).await?;
-    let mut perf = lab.client_cmd("dnsperf");
+    let mut perf = scheduled(a, |p| lab.client_cmd(p), "dnsperf");
     perf.args(["-s", &lab.server_ip.to_string()])
         .arg("-d")
         .arg(queries)
@@ -341,6 +352,21 @@ async fn bench_one(
         max_ms: lab::field(latency, "max").unwrap_or(0.0) * 1000.0,
         note,
     })
+}
+
+/// `program` through `in_ns` (a namespace's command), under `chrt -r`
+/// when `--rt-priority` is given.
+fn scheduled(
+    a: &Args,
+    in_ns: impl Fn(&OsStr) -> tokio::process::Command,
+    program: impl AsRef<OsStr>,
+) -> tokio::process::Command {
+    let Some(priority) = a.rt_priority else {
+        return in_ns(program.as_ref());
+    };
+    let mut cmd = in_ns(OsStr::new("chrt"));
+    cmd.args(["-r", &priority.to_string()]).arg(program);
+    cmd
 }
 
 fn print_table(a: &Args, rows: &[Row]) {
