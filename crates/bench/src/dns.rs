@@ -4,6 +4,7 @@
 //! to kumo as JSON, written out as zone files for BIND and as a hosts file
 //! for dnsmasq.
 
+use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -21,10 +22,12 @@ pub struct Args {
     /// Seconds of load per server.
     #[arg(long, default_value_t = 10)]
     secs: u32,
-    /// dnsperf's outstanding queries (-q); enough to keep a server busy.
+    /// dnsperf's outstanding queries (-q); enough to keep every server
+    /// busy. At 300, BIND and dnsmasq start losing queries to their
+    /// default socket buffers, which would count against them.
     #[arg(long, default_value_t = 200)]
     outstanding: u32,
-    /// dnsperf client sockets (-c).
+    /// dnsperf client sockets (-c); 8 measured the same for every server.
     #[arg(long, default_value_t = 4)]
     sockets: u32,
     /// Rounds: every server is measured once per round, rounds interleaved;
@@ -32,13 +35,20 @@ pub struct Args {
     /// only ever slows a server).
     #[arg(long, default_value_t = 3)]
     rounds: u32,
-    /// dnsperf threads (-T).
+    /// dnsperf threads (-T). Each is a sender and a receiver; one, with
+    /// the server, fills a 2-core machine, and 2 raised no server's rate.
     #[arg(long, default_value_t = 1)]
     threads: u32,
-    /// Also measure kumo as it was before this benchmark: one UDP task,
-    /// no reply cache.
+    /// Also measure kumo with one UDP thread and no reply cache.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     baseline: bool,
+    /// Run the servers and dnsperf under SCHED_RR at this priority
+    /// (`chrt -r`), so other load on the machine does not decide the
+    /// figures: every process measured preempts the machine's ordinary
+    /// ones, alike for each server. Off by default: the figures are then
+    /// those of ordinary scheduling.
+    #[arg(long)]
+    rt_priority: Option<u8>,
     /// Servers to measure, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "kumo,bind,dnsmasq")]
     servers: Vec<Peer>,
@@ -47,7 +57,7 @@ pub struct Args {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Peer {
     Kumo,
-    /// kumo with one UDP task and no reply cache.
+    /// kumo with one UDP thread and no reply cache.
     #[value(skip)]
     KumoBaseline,
     Bind,
@@ -79,7 +89,7 @@ pub async fn run(a: Args) -> Result<()> {
     let nqueries = write_queries(&queries, &hosts)?;
     println!(
         "DNS: dnsperf -c {} -T {} -q {} -l {} from {} to {}:53; {} hosts (A + PTR) in {} zones; \
-         {nqueries} queries in the file: every A, every PTR and 10% names that do not exist (NXDOMAIN)",
+         {nqueries} queries in the file: every A, every PTR and 10% names that do not exist (NXDOMAIN){}",
         a.sockets,
         a.threads,
         a.outstanding,
@@ -87,7 +97,11 @@ pub async fn run(a: Args) -> Result<()> {
         lab.client_ns,
         lab.server_ip,
         hosts.len(),
-        zones.zones.len()
+        zones.zones.len(),
+        match a.rt_priority {
+            Some(p) => format!("; servers and dnsperf under SCHED_RR priority {p}"),
+            None => String::new(),
+        }
     );
     let mut rows = Vec::new();
     let mut peers = a.servers.clone();
@@ -210,12 +224,20 @@ fn zone_file(z: &kumo_dns::Zone) -> Result<String> {
     Ok(out)
 }
 
+/// BIND as an operator would run it for speed: authoritative only, no
+/// query log (the default), a worker thread per core (the default), and
+/// `reuseport no`. With reuseport (the default) each thread has its own
+/// socket and the kernel hashes client flows onto them, so a handful of
+/// client sockets (dnsperf's) can leave a thread idle; measured here, off
+/// was as fast or faster in every dnsperf setting tried (with 4 client
+/// sockets, 6% faster under `--rt-priority`, up to twice as fast while
+/// other load shared the machine).
 fn named_conf(dir: &Path, lab: &Lab, zones: &ZoneSet) -> Result<String> {
     let d = dir.display();
     let mut conf = format!(
         "options {{\n  directory \"{d}\";\n  pid-file \"{d}/named.pid\";\n  session-keyfile \"{d}/session.key\";\n  \
          managed-keys-directory \"{d}\";\n  listen-on port 53 {{ {}; }};\n  listen-on-v6 {{ none; }};\n  \
-         recursion no;\n  dnssec-validation no;\n  allow-query {{ any; }};\n}};\ncontrols {{ }};\n",
+         recursion no;\n  dnssec-validation no;\n  allow-query {{ any; }};\n  reuseport no;\n}};\ncontrols {{ }};\n",
         lab.server_ip
     );
     for z in &zones.zones {
@@ -244,21 +266,21 @@ async fn bench_one(
         Peer::Kumo => {
             let path = dir.join("kumo-zones.json");
             std::fs::write(&path, serde_json::to_vec(zones)?)?;
-            let mut cmd = lab.server_cmd(lab::this_exe()?);
+            let mut cmd = scheduled(a, |p| lab.server_cmd(p), lab::this_exe()?);
             cmd.arg("serve-dns")
                 .args(["--listen", &format!("{}:53", lab.server_ip)])
                 .arg("--zones")
                 .arg(&path);
             (
                 "kumo",
-                "authoritative; a UDP task per core, reply cache",
+                "authoritative; UDP threads (recvmmsg/sendmmsg batches), reply cache",
                 Daemon::spawn("kumo dns", cmd, &dir.join("kumo-dns.log"))?,
             )
         }
         Peer::KumoBaseline => {
             let path = dir.join("kumo-zones.json");
             std::fs::write(&path, serde_json::to_vec(zones)?)?;
-            let mut cmd = lab.server_cmd(lab::this_exe()?);
+            let mut cmd = scheduled(a, |p| lab.server_cmd(p), lab::this_exe()?);
             cmd.arg("serve-dns")
                 .args(["--listen", &format!("{}:53", lab.server_ip)])
                 .arg("--zones")
@@ -266,18 +288,18 @@ async fn bench_one(
                 .args(["--udp-workers", "1", "--cache-entries", "0"]);
             (
                 "kumo-1",
-                "authoritative; one UDP task, no cache (the shell before)",
+                "authoritative; one UDP thread, no reply cache",
                 Daemon::spawn("kumo dns", cmd, &dir.join("kumo-dns-1.log"))?,
             )
         }
         Peer::Bind => {
             let conf = dir.join("named.conf");
             std::fs::write(&conf, named_conf(dir, lab, zones)?)?;
-            let mut cmd = lab.server_cmd("named");
+            let mut cmd = scheduled(a, |p| lab.server_cmd(p), "named");
             cmd.args(["-g", "-4", "-c"]).arg(&conf);
             (
                 "BIND",
-                "authoritative, default threads",
+                "authoritative; a thread per core, reuseport off",
                 Daemon::spawn("named", cmd, &dir.join("named.log"))?,
             )
         }
@@ -288,7 +310,7 @@ async fn bench_one(
                 writeln!(text, "{ip} {n}")?;
             }
             std::fs::write(&hosts_file, text)?;
-            let mut cmd = lab.server_cmd("dnsmasq");
+            let mut cmd = scheduled(a, |p| lab.server_cmd(p), "dnsmasq");
             cmd.args([
                 "--conf-file=/dev/null",
                 "--keep-in-foreground",
@@ -313,7 +335,7 @@ async fn bench_one(
         }
     };
     lab.wait_udp(&mut daemon, 53).await?;
-    let mut perf = lab.client_cmd("dnsperf");
+    let mut perf = scheduled(a, |p| lab.client_cmd(p), "dnsperf");
     perf.args(["-s", &lab.server_ip.to_string()])
         .arg("-d")
         .arg(queries)
@@ -341,6 +363,21 @@ async fn bench_one(
         max_ms: lab::field(latency, "max").unwrap_or(0.0) * 1000.0,
         note,
     })
+}
+
+/// `program` through `in_ns` (a namespace's command), under `chrt -r`
+/// when `--rt-priority` is given.
+fn scheduled(
+    a: &Args,
+    in_ns: impl Fn(&OsStr) -> tokio::process::Command,
+    program: impl AsRef<OsStr>,
+) -> tokio::process::Command {
+    let Some(priority) = a.rt_priority else {
+        return in_ns(program.as_ref());
+    };
+    let mut cmd = in_ns(OsStr::new("chrt"));
+    cmd.args(["-r", &priority.to_string()]).arg(program);
+    cmd
 }
 
 fn print_table(a: &Args, rows: &[Row]) {

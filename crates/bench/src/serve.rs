@@ -38,10 +38,10 @@ pub struct DnsArgs {
     /// A `kumo_dns::ZoneSet` as JSON.
     #[arg(long)]
     zones: PathBuf,
-    /// UDP tasks [default: the shell's, one per core].
+    /// UDP threads [default: the shell's, one per core].
     #[arg(long)]
     udp_workers: Option<usize>,
-    /// Replies cached per UDP task [default: the shell's]; 0 disables the cache.
+    /// Replies cached per UDP thread [default: the shell's]; 0 disables the cache.
     #[arg(long)]
     cache_entries: Option<usize>,
 }

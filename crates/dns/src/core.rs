@@ -215,9 +215,27 @@ impl Server {
     /// under its own id, counted exactly as [`Server::handle`] counts it,
     /// without being decoded, resolved or encoded again. The cache is
     /// emptied when the zones are reloaded and when it is full; forwarded
-    /// and dropped queries are never stored. One cache per shell task, so
+    /// and dropped queries are never stored. One cache per shell thread, so
     /// no lock is shared.
     pub fn handle_udp_cached(&self, cache: &mut AnswerCache, query: &[u8]) -> Outcome {
+        let mut reply = Vec::new();
+        match self.handle_udp_into(cache, query, &mut reply) {
+            Handled::Reply => Outcome::Reply(reply),
+            Handled::Forward(f) => Outcome::Forward(f),
+            Handled::Drop => Outcome::Drop,
+        }
+    }
+
+    /// [`Server::handle_udp_cached`] writing the reply into `reply`
+    /// (emptied first, its allocation reused), so a cached answer costs a
+    /// hash lookup and a copy.
+    pub fn handle_udp_into(
+        &self,
+        cache: &mut AnswerCache,
+        query: &[u8],
+        reply: &mut Vec<u8>,
+    ) -> Handled {
+        reply.clear();
         let catalog = self.catalog.load();
         if !cache
             .catalog
@@ -236,31 +254,45 @@ impl Server {
                 if hit.nxdomain {
                     c.nxdomain.fetch_add(1, Relaxed);
                 }
-                let mut reply = hit.reply.clone();
+                reply.extend_from_slice(&hit.reply);
                 reply[..2].copy_from_slice(&query[..2]);
                 cache.hits += 1;
-                return Outcome::Reply(reply);
+                return Handled::Reply;
             }
         }
-        let outcome = self.handle(query, Transport::Udp);
-        if let Outcome::Reply(reply) = &outcome {
-            // Replies are at least a header; `handle` only answers queries of 12+ bytes.
-            if reply.len() >= 12 && query.len() >= 12 && cache.capacity > 0 {
-                if cache.entries.len() >= cache.capacity {
-                    cache.entries.clear();
+        match self.handle(query, Transport::Udp) {
+            Outcome::Reply(fresh) => {
+                // Replies are at least a header; `handle` only answers queries of 12+ bytes.
+                if fresh.len() >= 12 && query.len() >= 12 && cache.capacity > 0 {
+                    if cache.entries.len() >= cache.capacity {
+                        cache.entries.clear();
+                    }
+                    let nxdomain = fresh[3] & 0x0f == ResponseCode::NXDomain.low();
+                    cache.entries.insert(
+                        query[2..].into(),
+                        CachedReply {
+                            reply: fresh.clone().into(),
+                            nxdomain,
+                        },
+                    );
                 }
-                let nxdomain = reply[3] & 0x0f == ResponseCode::NXDomain.low();
-                cache.entries.insert(
-                    query[2..].into(),
-                    CachedReply {
-                        reply: reply.clone(),
-                        nxdomain,
-                    },
-                );
+                *reply = fresh;
+                Handled::Reply
             }
+            Outcome::Forward(f) => Handled::Forward(f),
+            Outcome::Drop => Handled::Drop,
         }
-        outcome
     }
+}
+
+/// What [`Server::handle_udp_into`] did with a query: [`Outcome`] with the
+/// reply bytes left in the caller's buffer.
+#[derive(Debug)]
+pub enum Handled {
+    /// The reply is in the buffer: send it.
+    Reply,
+    Forward(Forward),
+    Drop,
 }
 
 /// Replies by query bytes (after the id), for [`Server::handle_udp_cached`].
@@ -273,7 +305,7 @@ pub struct AnswerCache {
 }
 
 struct CachedReply {
-    reply: Vec<u8>,
+    reply: Box<[u8]>,
     nxdomain: bool,
 }
 

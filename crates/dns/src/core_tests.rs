@@ -5,7 +5,9 @@ use hickory_proto::rr::{Name, RData, RecordType};
 use proptest::prelude::*;
 
 use crate::zone_tests::{defaults, soa};
-use crate::{AnswerCache, Counters, Outcome, Record, RecordData, Server, Transport, Zone, ZoneSet};
+use crate::{
+    AnswerCache, Counters, Handled, Outcome, Record, RecordData, Server, Transport, Zone, ZoneSet,
+};
 
 const UPSTREAM: &str = "192.0.2.53:53";
 
@@ -423,6 +425,35 @@ fn cached_replies_equal_fresh_ones_under_the_askers_id_and_count_alike() {
         ));
     }
     assert_eq!(cache.hits(), 10);
+}
+
+#[test]
+fn replies_into_a_reused_buffer_are_whole_replies_and_nothing_else() {
+    let s = server();
+    let mut cache = AnswerCache::new(16);
+    // Stale bytes from an earlier, longer reply must not survive.
+    let mut buf = vec![0xee; 900];
+    for name in ["big.maas.test.", "node1.maas.test.", "node1.maas.test."] {
+        let q = query_msg(name, RecordType::A).to_vec().unwrap();
+        let Outcome::Reply(fresh) = s.handle(&q, Transport::Udp) else {
+            panic!("expected a reply");
+        };
+        assert!(matches!(
+            s.handle_udp_into(&mut cache, &q, &mut buf),
+            Handled::Reply
+        ));
+        assert_eq!(buf, fresh, "{name}");
+    }
+    assert_eq!(cache.hits(), 1);
+    let fwd = query_msg("example.org.", RecordType::A).to_vec().unwrap();
+    assert!(matches!(
+        s.handle_udp_into(&mut cache, &fwd, &mut buf),
+        Handled::Forward(_)
+    ));
+    assert!(matches!(
+        s.handle_udp_into(&mut cache, b"junk", &mut buf),
+        Handled::Drop
+    ));
 }
 
 #[test]

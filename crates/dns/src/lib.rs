@@ -15,9 +15,10 @@
 //! proptested and fuzzed. [`Server::reload`] validates a new set and swaps
 //! it in (an `ArcSwap`) for the next query, with no restart.
 //!
-//! [`run`] / [`Listener`] is the tokio shell: UDP and TCP on one address,
-//! forwarding to the upstreams in turn with a timeout each (SERVFAIL when
-//! none answers), counters in [`Server::counters`].
+//! [`run`] / [`Listener`] is the shell: UDP answered by threads in
+//! `recvmmsg`/`sendmmsg` batches, each with its [`AnswerCache`], TCP and
+//! forwarding on tokio — to the upstreams in turn with a timeout each
+//! (SERVFAIL when none answers) — counters in [`Server::counters`].
 //!
 //! Why hickory-proto and not hickory-server: the issue expected
 //! hickory-server as the base, but its request path is an async
@@ -40,7 +41,8 @@ mod zone;
 use std::net::SocketAddr;
 
 pub use crate::core::{
-    AnswerCache, Counters, Forward, Outcome, Server, Transport, EDNS_PAYLOAD, MAX_UDP_PAYLOAD,
+    AnswerCache, Counters, Forward, Handled, Outcome, Server, Transport, EDNS_PAYLOAD,
+    MAX_UDP_PAYLOAD,
 };
 pub use shell::{run, Listener, ShellConfig};
 pub use zone::{Record, RecordData, Soa, Zone, ZoneDefaults, ZoneSet};

@@ -389,3 +389,159 @@ fn unreachable_upstreams_give_servfail() {
         assert_eq!((c.forwarded, c.forward_failed), (2, 2));
     }
 }
+
+/// A query for `name` (type A) under `id`, as a stub resolver sends it.
+fn a_query(id: u16, name: &str) -> Vec<u8> {
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::{Name, RecordType};
+    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+    m.to_vec().unwrap()
+}
+
+/// Many queries at once from one socket, junk among them: the UDP threads
+/// take them in batches (calling in helpers when a batch is full), every
+/// query gets its own answer under its own id, and the junk is dropped
+/// and counted.
+#[test]
+fn a_burst_gets_one_answer_per_query_and_junk_is_dropped() {
+    use hickory_proto::op::{Message, ResponseCode};
+    use hickory_proto::rr::RData;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const N: usize = 2000;
+    let names: Vec<String> = (0..250).map(|i| format!("h{i}.maas.test")).collect();
+    let hosts: Vec<(&str, Ipv4Addr)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), Ipv4Addr::new(10, 0, 1, i as u8)))
+        .collect();
+    let config = ShellConfig {
+        udp_workers: 3,
+        ..ShellConfig::default()
+    };
+    let s = Running::start(&zones(&hosts, vec![]), config);
+    // Query i asks for h(i % 250), or for a missing name when i % 7 == 0.
+    let name = |i: usize| {
+        if i.is_multiple_of(7) {
+            format!("missing{i}.maas.test")
+        } else {
+            names[i % 250].clone()
+        }
+    };
+
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.connect(s.addr).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let received = Arc::new(AtomicUsize::new(0));
+    let receiver = {
+        let (client, received) = (client.try_clone().unwrap(), received.clone());
+        std::thread::spawn(move || {
+            let mut replies = Vec::new();
+            let mut buf = [0u8; 4096];
+            while replies.len() < N {
+                let n = client.recv(&mut buf).expect("a reply for every query");
+                replies.push(Message::from_vec(&buf[..n]).unwrap());
+                received.store(replies.len(), Ordering::Release);
+            }
+            // Nothing more comes: the junk is not answered.
+            client
+                .set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            assert!(client.recv(&mut buf).is_err(), "a reply to junk");
+            replies
+        })
+    };
+    for i in 0..N {
+        // At most 200 in flight: the socket buffers hold that anywhere.
+        while i - received.load(Ordering::Acquire) >= 200 {
+            std::thread::yield_now();
+        }
+        match i {
+            500 => client.send(b"junk").unwrap(),
+            1000 => client.send(&[]).unwrap(),
+            // A response, not a query.
+            1500 => client
+                .send(&[0, 1, 0x84, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+                .unwrap(),
+            _ => 0,
+        };
+        client.send(&a_query(i as u16, &name(i))).unwrap();
+    }
+
+    let mut seen = vec![false; N];
+    for reply in receiver.join().unwrap() {
+        let i = usize::from(reply.metadata.id);
+        assert!(!seen[i], "two replies under id {i}");
+        seen[i] = true;
+        let asked = name(i);
+        assert_eq!(reply.queries[0].name().to_ascii(), format!("{asked}."));
+        if i.is_multiple_of(7) {
+            assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
+        } else {
+            let RData::A(a) = &reply.answers[0].data else {
+                panic!("not an A record: {reply:?}")
+            };
+            assert_eq!(a.0, Ipv4Addr::new(10, 0, 1, (i % 250) as u8));
+        }
+    }
+    let c = s.server.counters();
+    assert_eq!(
+        (c.queries, c.answered, c.malformed_dropped),
+        (N as u64 + 3, N as u64, 3)
+    );
+    assert_eq!(
+        c.nxdomain,
+        (0..N).filter(|i| i.is_multiple_of(7)).count() as u64
+    );
+}
+
+/// When `serve` returns its UDP threads are gone and the port is free;
+/// when it is dropped instead (runtime shut down) they end too.
+#[test]
+fn stopping_ends_the_udp_threads_and_frees_the_port() {
+    let set = zones(&[NODE1], vec![]);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = Arc::new(Server::new(&set).unwrap());
+    let listener = rt
+        .block_on(Listener::bind("127.0.0.1:0".parse().unwrap()))
+        .unwrap();
+    let addr = listener.local_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let serving = rt.spawn(listener.serve(server, ShellConfig::default(), async {
+        let _ = stopped.await;
+    }));
+    assert_eq!(dig(addr, &["node1.maas.test", "A", "+short"]), "10.0.0.5\n");
+    stop.send(()).unwrap();
+    rt.block_on(serving).unwrap().unwrap();
+    UdpSocket::bind(addr).expect("the UDP port is free once serve returns");
+    std::net::TcpListener::bind(addr).expect("and the TCP port");
+
+    // Dropped mid-serve: the threads are told to stop and let go of the socket.
+    let server = Arc::new(Server::new(&set).unwrap());
+    let listener = rt
+        .block_on(Listener::bind("127.0.0.1:0".parse().unwrap()))
+        .unwrap();
+    let addr = listener.local_addr();
+    rt.spawn(listener.serve(server, ShellConfig::default(), std::future::pending()));
+    assert_eq!(dig(addr, &["node1.maas.test", "A", "+short"]), "10.0.0.5\n");
+    rt.shutdown_timeout(Duration::from_secs(5));
+    let freed = (0..100).any(|_| {
+        let ok = UdpSocket::bind(addr).is_ok();
+        if !ok {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        ok
+    });
+    assert!(
+        freed,
+        "the UDP port is still bound after the runtime shut down"
+    );
+}

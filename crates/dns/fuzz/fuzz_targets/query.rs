@@ -1,12 +1,18 @@
-//! `Server::handle` on arbitrary bytes over both transports, and
-//! `Forward::relay` on the same bytes as an upstream's reply.
+//! `Server::handle` on arbitrary bytes over both transports,
+//! `Forward::relay` on the same bytes as an upstream's reply, and the UDP
+//! reply cache (`Server::handle_udp_into`), which must answer exactly as
+//! `handle` does, twice in a row (the second time from the cache).
 //! Run: `RUSTC_BOOTSTRAP=1 cargo fuzz run query` in crates/dns.
 #![no_main]
 
+use std::cell::RefCell;
 use std::net::Ipv4Addr;
 use std::sync::OnceLock;
 
-use kumo_dns::{Outcome, Record, RecordData, Server, Soa, Transport, Zone, ZoneDefaults, ZoneSet};
+use kumo_dns::{
+    AnswerCache, Handled, Outcome, Record, RecordData, Server, Soa, Transport, Zone, ZoneDefaults,
+    ZoneSet,
+};
 use libfuzzer_sys::fuzz_target;
 
 fn server() -> &'static Server {
@@ -85,6 +91,19 @@ fuzz_target!(|data: &[u8]| {
             Outcome::Drop => {}
         }
     }
+    thread_local! {
+        static CACHE: RefCell<(AnswerCache, Vec<u8>)> = RefCell::new((AnswerCache::new(64), Vec::new()));
+    }
+    CACHE.with_borrow_mut(|(cache, buf)| {
+        let fresh = s.handle(data, Transport::Udp);
+        for _ in 0..2 {
+            match (s.handle_udp_into(cache, data, buf), &fresh) {
+                (Handled::Reply, Outcome::Reply(r)) => assert_eq!(buf, r),
+                (Handled::Forward(_), Outcome::Forward(_)) | (Handled::Drop, Outcome::Drop) => {}
+                (h, o) => panic!("cached {h:?}, fresh {o:?}"),
+            }
+        }
+    });
     let c = s.counters();
     assert_eq!(c.queries, c.answered + c.forwarded + c.malformed_dropped);
 });
