@@ -263,6 +263,13 @@ pub struct RackServeArgs {
     /// Seconds between probes for other DHCP servers on each interface; 0 disables.
     #[arg(long, default_value_t = 60)]
     pub rogue_dhcp_interval: u64,
+    /// The package proxy's port on the served interfaces (apt-cacher-ng,
+    /// which cannot listen above 32767).
+    #[arg(long, default_value_t = 8000, value_parser = clap::value_parser!(u16).range(1..=32767))]
+    pub package_proxy_port: u16,
+    /// Run no package proxy.
+    #[arg(long)]
+    pub no_package_proxy: bool,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     pub log_json: bool,

@@ -177,6 +177,7 @@ pub async fn rack(a: RackServeArgs, profile: Option<&str>) -> Result<()> {
             .collect::<Result<_>>()?
     };
     opts.router_advertisements = !a.no_router_advertisements;
+    opts.package_proxy_port = (!a.no_package_proxy).then_some(a.package_proxy_port);
     opts.rogue_dhcp_interval =
         (a.rogue_dhcp_interval > 0).then(|| std::time::Duration::from_secs(a.rogue_dhcp_interval));
     tracing::info!(rack = %name, profile = %profile_name, region = %p.url, "rack starting");
