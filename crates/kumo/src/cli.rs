@@ -158,6 +158,11 @@ pub enum Command {
         #[command(subcommand)]
         command: AgentCommand,
     },
+    /// kumo on this host: region, rack and QEMU machines on a bridge.
+    Lab {
+        #[command(subcommand)]
+        command: crate::lab::LabCommand,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -902,6 +907,7 @@ pub async fn run_client_command(cmd: Command, profile: Option<&str>, format: For
         Command::Init(_)
         | Command::Images { .. }
         | Command::Agent { .. }
+        | Command::Lab { .. }
         | Command::Region { .. }
         | Command::Login { .. }
         | Command::Logout { .. }
