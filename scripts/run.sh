@@ -24,6 +24,8 @@ kumo=${CARGO_TARGET_DIR:-$PWD/target}/release/kumo
 
 sleeper=
 trap '[ -z "$sleeper" ] || kill "$sleeper" 2>/dev/null; "$kumo" lab down' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM HUP
 "$kumo" lab up --machines "$machines"
 cat <<MSG
 

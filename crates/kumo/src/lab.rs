@@ -1137,11 +1137,14 @@ async fn summary(c: &Client, paths: &Paths, s: &Settings, url: &str, took: Durat
   kumo machines commission {first}   # powers it on: it network-boots, reports its hardware, powers off
   tail -f {console}
   kumo machines deploy {first}       # once Ready, with an image in the region (kumo images list)
-  dig @{rack_ip} -p {dns} {first}.{DOMAIN}
+  dig @{rack_ip}{dns} {first}.{DOMAIN}
   kumo lab status
-  kumo lab down                      # --purge also deletes the disks and the lab's region",
+  kumo lab down                    # --purge also deletes the disks and the lab's region",
         console = paths.file(&first, "console.log").display(),
-        dns = s.rack_dns_port,
+        dns = match s.rack_dns_port {
+            53 => String::new(),
+            p => format!(" -p {p}"),
+        },
     );
     Ok(())
 }
