@@ -271,6 +271,24 @@ async fn run_once(
         .stderr(Stdio::piped())
         // Should the rack's task be dropped without a stop, the proxy goes too.
         .kill_on_drop(true);
+    // And should the rack die outright (SIGKILL, a panic that aborts),
+    // the kernel sends the proxy SIGTERM: PR_SET_PDEATHSIG fires when the
+    // spawning thread exits, here a runtime worker that lives as long as
+    // the rack. A parent gone before prctl ran is caught by getppid.
+    // SAFETY: the closure runs between fork and exec and calls only
+    // async-signal-safe functions (prctl, getppid).
+    let parent = std::process::id() as libc::pid_t;
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                return Err(std::io::Error::other("the rack exited"));
+            }
+            Ok(())
+        });
+    }
     let mut child = cmd.spawn().map_err(|source| Error::Io {
         path: program.clone(),
         source,

@@ -60,9 +60,12 @@ fn pid(dir: &Path) -> Option<i32> {
         .ok()
 }
 
+/// Whether `pid` runs; a zombie no one reaps (PID 1 in a container) does not.
 fn alive(pid: i32) -> bool {
-    // SAFETY: kill(2) with signal 0 only checks the process exists.
-    unsafe { libc::kill(pid, 0) == 0 }
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
+    })
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -138,4 +141,63 @@ async fn machines_fetch_debian_through_the_supervised_proxy_and_it_caches() {
         "apt-cacher-ng {restarted} outlived the rack"
     );
     assert!(!status.is_up());
+}
+
+/// A rack killed outright (SIGKILL: no chance to stop its child) takes
+/// its package proxy with it.
+#[test]
+fn the_proxy_dies_with_a_killed_rack() {
+    if !Path::new(PROGRAM).exists() {
+        eprintln!("skipped: {PROGRAM} not installed (bash scripts/deps-rack.sh)");
+        return;
+    }
+    // The "rack" is this test binary run again as the helper below.
+    let dir = tempfile::tempdir().unwrap();
+    let mut rack = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "proxy_helper_rack", "--ignored"])
+        .env("KUMO_PROXY_HELPER_DIR", dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let proxy_dir = dir.path().join("proxy");
+    let start = Instant::now();
+    let pid = loop {
+        if let Some(p) = pid(&proxy_dir).filter(|p| alive(*p)) {
+            break p;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the helper rack started no proxy"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    rack.kill().unwrap();
+    rack.wait().unwrap();
+    let start = Instant::now();
+    while alive(pid) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "apt-cacher-ng {pid} outlived its killed rack"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Not a test: the rack `the_proxy_dies_with_a_killed_rack` kills.
+#[test]
+#[ignore = "a helper process for the_proxy_dies_with_a_killed_rack"]
+fn proxy_helper_rack() {
+    let Some(dir) = std::env::var_os("KUMO_PROXY_HELPER_DIR") else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut cfg = ProxyConfig::new(
+            Path::new(&dir).join("proxy"),
+            free_port(),
+            vec![Ipv4Addr::LOCALHOST],
+        );
+        cfg.upstream = None;
+        kumo_rack::proxy::supervise(cfg, ProxyStatus::default(), std::future::pending()).await;
+    });
 }
