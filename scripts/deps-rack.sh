@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the rack's end-to-end suite (crates/kumo/tests/rack_e2e.rs)
 # drives: Debian's iPXE boot loaders the rack serves, QEMU with its iPXE
-# ROMs, and the clients on the segment. Idempotent.
+# ROMs, the package proxy the rack runs, and the clients on the segment.
+# Idempotent.
 set -euo pipefail
 
 APT_PACKAGES=(
@@ -13,6 +14,7 @@ APT_PACKAGES=(
   tftp-hpa
   curl
   dnsmasq-base      # the rogue DHCP server
+  apt-cacher-ng     # the rack's package proxy (the rack starts its own; the package's service may stay off)
 )
 
 source "$(dirname "$0")/apt-ensure.sh"

@@ -158,6 +158,11 @@ pub enum Command {
         #[command(subcommand)]
         command: AgentCommand,
     },
+    /// kumo on this host: region, rack and QEMU machines on a bridge.
+    Lab {
+        #[command(subcommand)]
+        command: crate::lab::LabCommand,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -298,6 +303,13 @@ pub struct RackServeArgs {
     /// Seconds between probes for other DHCP servers on each interface; 0 disables.
     #[arg(long, default_value_t = 60)]
     pub rogue_dhcp_interval: u64,
+    /// The package proxy's port on the served interfaces (apt-cacher-ng,
+    /// which cannot listen above 32767).
+    #[arg(long, default_value_t = 8000, value_parser = clap::value_parser!(u16).range(1..=32767))]
+    pub package_proxy_port: u16,
+    /// Run no package proxy.
+    #[arg(long)]
+    pub no_package_proxy: bool,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     pub log_json: bool,
@@ -940,6 +952,7 @@ pub async fn run_client_command(cmd: Command, profile: Option<&str>, format: For
         Command::Init(_)
         | Command::Images { .. }
         | Command::Agent { .. }
+        | Command::Lab { .. }
         | Command::Region { .. }
         | Command::Login { .. }
         | Command::Logout { .. }

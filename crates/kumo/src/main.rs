@@ -8,6 +8,7 @@ mod cli_net;
 mod config;
 mod disk_image;
 mod images;
+mod lab;
 mod output;
 mod serve;
 
@@ -59,6 +60,7 @@ async fn run(args: cli::Cli) -> Result<()> {
         cli::Command::Agent {
             command: cli::AgentCommand::Ephemeral(a),
         } => agent_ephemeral(a).await,
+        cli::Command::Lab { command } => lab::run(command, args.format).await,
         cmd => cli::run_client_command(cmd, args.profile.as_deref(), args.format).await,
     }
 }

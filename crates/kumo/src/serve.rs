@@ -29,6 +29,14 @@ mod rand_like {
 }
 
 pub async fn init(a: InitArgs) -> Result<()> {
+    let dir = initialise(a).await?;
+    println!("\nnext: kumo region serve --data-dir {}", dir.display());
+    Ok(())
+}
+
+/// `kumo init` but for the advice on what to do next: the data
+/// directory, admin, API key and profile, printed once. Returns the directory.
+pub async fn initialise(a: InitArgs) -> Result<PathBuf> {
     let dir = a.data_dir.unwrap_or_else(crate::config::default_data_dir);
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("creating data directory {}", dir.display()))?;
@@ -91,8 +99,7 @@ pub async fn init(a: InitArgs) -> Result<()> {
             Profiles::path().display()
         );
     }
-    println!("\nnext: kumo region serve --data-dir {}", dir.display());
-    Ok(())
+    Ok(dir)
 }
 
 fn init_logging(json: bool) {
@@ -177,6 +184,7 @@ pub async fn rack(a: RackServeArgs, profile: Option<&str>) -> Result<()> {
             .collect::<Result<_>>()?
     };
     opts.router_advertisements = !a.no_router_advertisements;
+    opts.package_proxy_port = (!a.no_package_proxy).then_some(a.package_proxy_port);
     opts.rogue_dhcp_interval =
         (a.rogue_dhcp_interval > 0).then(|| std::time::Duration::from_secs(a.rogue_dhcp_interval));
     tracing::info!(rack = %name, profile = %profile_name, region = %p.url, "rack starting");

@@ -4,12 +4,14 @@
 //! [`plan`] turns the region's [`RackConfig`](kumo_model::network::RackConfig)
 //! into each server's configuration and [`script`] renders iPXE scripts;
 //! both are pure. [`service`] is the process: it long-polls the region and
-//! reloads the servers in place; [`http`] is the HTTP boot server.
+//! reloads the servers in place; [`http`] is the HTTP boot server;
+//! [`proxy`] runs the package proxy (apt-cacher-ng) machines fetch through.
 
 pub mod http;
 pub mod images;
 pub mod ndp;
 pub mod plan;
+pub mod proxy;
 pub mod script;
 pub mod service;
 

@@ -40,6 +40,8 @@ pub struct RackOptions {
     /// Answer IPv6 router solicitations with an advertisement that
     /// configures nothing, so iPXE stops waiting for one (see `ndp`).
     pub router_advertisements: bool,
+    /// The package proxy's port on the served interfaces; `None`: no proxy.
+    pub package_proxy_port: Option<u16>,
 }
 
 impl RackOptions {
@@ -56,6 +58,7 @@ impl RackOptions {
             long_poll: Duration::from_secs(30),
             rogue_dhcp_interval: Some(Duration::from_secs(60)),
             router_advertisements: true,
+            package_proxy_port: Some(8000),
         }
     }
 
@@ -219,13 +222,35 @@ pub async fn serve(
     let default_host = format!("{}:{}", interfaces[0].addr, opts.http_port);
     let boot = BootState::new(&opts.name, default_host, boot_dir.clone());
     boot.set_region(region.clone());
+    let proxy = opts.package_proxy_port.map(|port| {
+        let cfg = crate::proxy::ProxyConfig::new(
+            opts.data_dir.join("proxy"),
+            port,
+            interfaces.iter().map(|i| i.addr).collect(),
+        );
+        let (status, stop) = (crate::proxy::ProxyStatus::default(), stopped());
+        let supervised = status.clone();
+        // Returns only once the rack stops: a proxy that fails is retried,
+        // never a reason to stop serving DHCP and boot files.
+        tasks.spawn(async move {
+            crate::proxy::supervise(cfg, supervised, stop).await;
+            Ok(())
+        });
+        status
+    });
     let dns_for_metrics = dns.clone();
     let extra = Arc::new(move || {
         let dhcp: Vec<(String, kumo_dhcp::Counters)> = dhcp_counters
             .iter()
             .map(|(name, rx)| (name.clone(), rx.borrow().clone()))
             .collect();
-        metrics_text(&dhcp, &tftp_counters.snapshot(), dns_for_metrics.as_deref())
+        let proxy_up = proxy.as_ref().map(|p| p.is_up());
+        metrics_text(
+            &dhcp,
+            &tftp_counters.snapshot(),
+            dns_for_metrics.as_deref(),
+            proxy_up,
+        )
     });
     let app = crate::http::router(boot.clone(), extra);
     let http_addr = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), opts.http_port);
@@ -247,7 +272,7 @@ pub async fn serve(
                 })
         });
     }
-    tracing::info!(rack = %opts.name, interfaces = ?opts.interfaces, http = %http_addr, tftp = opts.tftp_port, dns = ?opts.dns_port, "rack serving");
+    tracing::info!(rack = %opts.name, interfaces = ?opts.interfaces, http = %http_addr, tftp = opts.tftp_port, dns = ?opts.dns_port, package_proxy = ?opts.package_proxy_port, "rack serving");
 
     let (images_tx, images_rx) = watch::channel(Vec::new());
     {
@@ -465,12 +490,13 @@ async fn probe_for_rogues(region: &Client, rack: &str, interfaces: &[Interface],
 /// A DHCP counter's name, help and how to read it.
 type DhcpFamily = (&'static str, &'static str, fn(&kumo_dhcp::Counters) -> u64);
 
-/// The DHCP (per interface, as of the last second), TFTP and DNS counters
-/// in Prometheus text form.
+/// The DHCP (per interface, as of the last second), TFTP and DNS counters,
+/// and whether the package proxy is up, in Prometheus text form.
 fn metrics_text(
     dhcp: &[(String, kumo_dhcp::Counters)],
     t: &kumo_tftp::CounterSnapshot,
     dns: Option<&kumo_dns::Server>,
+    proxy_up: Option<bool>,
 ) -> String {
     let mut out = String::new();
     let families: [DhcpFamily; 8] = [
@@ -565,6 +591,13 @@ fn metrics_text(
             "DNS messages dropped as malformed",
             d.malformed_dropped,
         );
+    }
+    if let Some(up) = proxy_up {
+        out.push_str(&format!(
+            "# HELP kumo_rack_package_proxy_up Whether the package proxy (apt-cacher-ng) accepts connections.\n\
+             # TYPE kumo_rack_package_proxy_up gauge\nkumo_rack_package_proxy_up {}\n",
+            u8::from(up)
+        ));
     }
     out
 }
