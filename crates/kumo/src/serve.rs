@@ -146,7 +146,12 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let workers = region.spawn_workers(stop_rx);
     tracing::info!(%listen, data_dir = %dir.display(), engine = ?region.store().engine(), "region serving");
-    kumo_api::serve(region.clone(), listener, stop_signal())
+    let stopping = region.clone();
+    let shutdown = async move {
+        stop_signal().await;
+        stopping.begin_shutdown();
+    };
+    kumo_api::serve(region.clone(), listener, shutdown)
         .await
         .context("serving the API")?;
     let _ = stop_tx.send(true);

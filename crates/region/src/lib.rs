@@ -96,6 +96,9 @@ struct Inner {
     /// Bumped after every committed change, so waiters (the rack's
     /// long-poll) wake at once instead of at their next poll.
     changes: tokio::sync::watch::Sender<u64>,
+    /// Set once the process is stopping: long polls answer at once, so a
+    /// graceful shutdown does not wait out their `wait` seconds.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 /// What became of one machine transition attempt.
@@ -126,6 +129,7 @@ impl Region {
                 seen_off: Mutex::new(Default::default()),
                 metrics: Metrics::new(),
                 changes: tokio::sync::watch::Sender::new(0),
+                stopping: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -194,6 +198,19 @@ impl Region {
     /// Wakes everything waiting for a change (see [`Region::subscribe_changes`]).
     fn changed(&self) {
         self.inner.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Ends every long poll now and makes new ones answer at once; called
+    /// when the process begins to stop.
+    pub fn begin_shutdown(&self) {
+        self.inner
+            .stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.changed();
+    }
+
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.inner.stopping.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// A receiver that sees a new value after each change this process

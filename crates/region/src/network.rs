@@ -654,7 +654,7 @@ impl Region {
             let cfg = self.rack_config().await?;
             let tag = rack_config_tag(&cfg);
             let now = tokio::time::Instant::now();
-            if known != Some(tag.as_str()) || now >= deadline {
+            if known != Some(tag.as_str()) || now >= deadline || self.is_stopping() {
                 return Ok((tag, cfg));
             }
             let poll = (now + self.inner.config.poll_interval).min(deadline);

@@ -410,6 +410,39 @@ async fn the_rack_long_poll_wakes_on_a_change_and_times_out_without_one() {
 }
 
 #[tokio::test]
+async fn a_stopping_region_ends_the_rack_long_poll_at_once() {
+    let (r, _d) = region().await;
+    let (tag, _) = r
+        .rack_config_wait(None, std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    let waiter = {
+        let (r, tag) = (r.clone(), tag.clone());
+        tokio::spawn(async move {
+            r.rack_config_wait(Some(&tag), std::time::Duration::from_secs(300))
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(!waiter.is_finished());
+    r.begin_shutdown();
+    let (same, _) = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+        .await
+        .expect("shutdown ended the long poll")
+        .unwrap();
+    assert_eq!(same, tag);
+    // A poll that starts while stopping does not wait either.
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        r.rack_config_wait(Some(&tag), std::time::Duration::from_secs(300)),
+    )
+    .await
+    .expect("a new long poll answers at once")
+    .unwrap();
+}
+
+#[tokio::test]
 async fn machines_boot_purpose_follows_their_status_in_the_rack_config() {
     let (r, _d) = region().await;
     let m = r
