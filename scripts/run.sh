@@ -3,7 +3,10 @@
 # .kumo/, a rack serving DHCP, DNS, TFTP, HTTP boot and a package proxy on
 # a lab bridge (kumolab0, 10.248.0.0/24), and a small lab of QEMU machines
 # (TCG) whose NICs are on that bridge, registered with the qemu power
-# driver. Powered on, they network-boot from the rack. Ctrl-C runs `kumo
+# driver. The first run builds the Debian image (`kumo images build`,
+# cached after). Then every machine network-boots from the rack, is
+# commissioned and deployed with Debian, and answers ssh with the lab's
+# key; the table at the end shows them Deployed. Ctrl-C runs `kumo
 # lab down`: region, rack and machines stop and the bridge goes; disks and
 # the region's data stay for the next run (`kumo lab down --purge` deletes
 # them).
@@ -15,8 +18,10 @@ root=$PWD/.kumo
 export KUMO_DATA_DIR=$root/data KUMO_CONFIG_DIR=$root/config
 unset KUMO_PROFILE
 
-# QEMU, qemu-img, its iPXE ROMs, and what builds the ephemeral environment.
+# QEMU, qemu-img, its iPXE ROMs, what builds the ephemeral environment and
+# the Debian image (debootstrap, GRUB), and ssh.
 bash scripts/deps-agent.sh
+bash scripts/deps-images.sh
 source scripts/apt-ensure.sh
 apt_ensure run ipxe iproute2 apt-cacher-ng
 cargo build --release -q -p kumo
@@ -26,13 +31,12 @@ sleeper=
 trap '[ -z "$sleeper" ] || kill "$sleeper" 2>/dev/null; "$kumo" lab down' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM HUP
-"$kumo" lab up --machines "$machines"
+"$kumo" lab up --machines "$machines" --deploy
 cat <<MSG
 
 In another shell:
   export KUMO_DATA_DIR=$KUMO_DATA_DIR KUMO_CONFIG_DIR=$KUMO_CONFIG_DIR PATH=$(dirname "$kumo"):\$PATH
-  kumo machines commission lab-1     # powers the QEMU machine on; Ready in a minute or two
-  kumo events --machine lab-1
+  kumo machines list
   curl http://10.248.0.1:5248/metrics
 Ctrl-C stops the lab (kumo lab down).
 MSG

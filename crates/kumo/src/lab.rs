@@ -98,6 +98,14 @@ pub struct UpArgs {
     /// commission (built once, then again when this kumo binary is newer).
     #[arg(long)]
     pub no_ephemeral: bool,
+    /// Do not build the Debian image machines deploy (`kumo images build`,
+    /// done once when the lab's region holds no image).
+    #[arg(long)]
+    pub no_image: bool,
+    /// Then commission every lab machine that needs it and deploy every
+    /// Ready one, waiting until all are Deployed.
+    #[arg(long, conflicts_with = "no_image")]
+    pub deploy: bool,
 }
 
 /// At most 99 machines: static addresses come from .10–.99 and .200–.254,
@@ -238,6 +246,9 @@ impl Paths {
         Paths {
             lab: crate::config::default_data_dir().join("lab"),
         }
+    }
+    fn ssh_key(&self) -> PathBuf {
+        self.lab.join("id_ed25519")
     }
     fn settings(&self) -> PathBuf {
         self.lab.join("lab.json")
@@ -1020,11 +1031,6 @@ async fn up(a: UpArgs) -> Result<()> {
     if !a.no_ephemeral && ensure_ephemeral(&paths).await? {
         made.push("the ephemeral environment".into());
     }
-    // DEPLOY IMAGE (issue 4): once `kumo images build` lands, build the
-    // Debian image and upload it (`kumo images upload`) here when the
-    // region holds none, behind an `--image` option, so `kumo machines
-    // deploy lab-1` works straight after `kumo lab up`.
-
     let mut rack_args: Vec<String> = vec![
         "--profile".into(),
         PROFILE.into(),
@@ -1064,6 +1070,12 @@ async fn up(a: UpArgs) -> Result<()> {
     for i in 1..=s.machines {
         made.extend(ensure_machine(&c, &paths, &s, i, &qemu).await?);
     }
+    if ensure_ssh_key(&c, &paths).await? {
+        made.push("the lab's SSH key".into());
+    }
+    if !a.no_image && ensure_image(&c, &paths).await? {
+        made.push("the Debian image".into());
+    }
     let beyond = lab_taps(&s.bridge).len() as u32;
     if beyond > s.machines {
         println!(
@@ -1077,7 +1089,173 @@ async fn up(a: UpArgs) -> Result<()> {
     } else {
         println!("made: {}", made.join(", "));
     }
-    summary(&c, &paths, &s, &url, t0.elapsed()).await
+    summary(&c, &paths, &s, &url, t0.elapsed()).await?;
+    if a.deploy {
+        deploy_all(&c, s.machines).await?;
+        summary(&c, &paths, &s, &url, t0.elapsed()).await?;
+    }
+    Ok(())
+}
+
+/// The key deployed lab machines accept for `debian`: made once with
+/// ssh-keygen in the lab directory and registered as the admin's, so the
+/// summary's `ssh -i` line works with no key of the user's.
+async fn ensure_ssh_key(c: &Client, paths: &Paths) -> Result<bool> {
+    let private = paths.ssh_key();
+    let public = private.with_extension("pub");
+    if !public.exists() {
+        find_program("ssh-keygen", "openssh-client")?;
+        let _ = std::fs::remove_file(&private);
+        let out = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "kumo-lab", "-f"])
+            .arg(&private)
+            .output()
+            .context("running ssh-keygen")?;
+        if !out.status.success() {
+            bail!(
+                "ssh-keygen for {} failed: {}",
+                private.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    let line = std::fs::read_to_string(&public)
+        .with_context(|| format!("reading {}", public.display()))?;
+    let key = kumo_model::deploy::SshKey::parse(line.trim(), 0)
+        .with_context(|| format!("the lab's key {}", public.display()))?;
+    let known: Vec<kumo_model::deploy::SshKey> = c
+        .get("/api/v1/ssh-keys")
+        .await
+        .context("listing the admin's SSH keys")?;
+    if known.iter().any(|k| k.fingerprint == key.fingerprint) {
+        return Ok(false);
+    }
+    let _: Value = c
+        .post(
+            "/api/v1/ssh-keys",
+            &kumo_model::api::NewSshKey {
+                key: line.trim().to_owned(),
+            },
+        )
+        .await
+        .context("registering the lab's SSH key")?;
+    Ok(true)
+}
+
+/// Builds the Debian image with `kumo images build` and uploads it to the
+/// lab's region when the region holds no image yet. A child process, as
+/// the build enters a mount namespace of its own, which a threaded
+/// process cannot.
+async fn ensure_image(c: &Client, paths: &Paths) -> Result<bool> {
+    let images: Vec<Value> = c
+        .get("/api/v1/images")
+        .await
+        .context("listing the lab region's images")?;
+    if !images.is_empty() {
+        return Ok(false);
+    }
+    let exe = std::env::current_exe().context("finding this kumo binary")?;
+    let out = paths.lab.join("image-build");
+    let cache = crate::config::default_data_dir().join("cache/images");
+    println!(
+        "building the Debian image machines deploy (kumo images build; a few minutes the first time, cached in {})",
+        cache.display()
+    );
+    let status = tokio::process::Command::new(&exe)
+        .args(["--profile", PROFILE, "images", "build", "--output"])
+        .arg(&out)
+        .arg("--cache-dir")
+        .arg(&cache)
+        .status()
+        .await
+        .context("running kumo images build")?;
+    if !status.success() {
+        bail!(
+            "kumo images build {status}; its log is in {} (`kumo lab up --no-image` skips the image)",
+            out.display()
+        );
+    }
+    Ok(true)
+}
+
+/// What the lab does next with a machine in `status` on the way to
+/// Deployed: an action to ask for, nothing while a task runs, or an error
+/// for a status an operator must look at.
+fn next_step(status: &str) -> Result<Option<&'static str>, String> {
+    match status {
+        "new" | "failed_commissioning" => Ok(Some("commission")),
+        "ready" | "allocated" | "failed_deployment" => Ok(Some("deploy")),
+        "commissioning" | "deploying" | "deployed" | "releasing" | "disk_erasing" | "testing" => {
+            Ok(None)
+        }
+        other => Err(format!(
+            "is {other}; the lab deploys New, Ready and Allocated machines"
+        )),
+    }
+}
+
+/// Commissions and deploys every lab machine, printing each status change,
+/// until all are Deployed. A machine that fails once is retried once, as
+/// TCG machines on a loaded host sometimes miss a watchdog.
+async fn deploy_all(c: &Client, machines: u32) -> Result<()> {
+    const LIMIT: Duration = Duration::from_secs(45 * 60);
+    let t0 = Instant::now();
+    let names: Vec<String> = (1..=machines).map(machine_name).collect();
+    let mut last: BTreeMap<String, String> = BTreeMap::new();
+    let mut asked: BTreeMap<(String, &str), u32> = BTreeMap::new();
+    println!(
+        "\ncommissioning and deploying {} (under TCG, several minutes; `kumo events --machine lab-1` shows each step)",
+        names.join(", ")
+    );
+    loop {
+        let mut done = 0;
+        for name in &names {
+            let v: MachineView = c
+                .get(&format!("/api/v1/machines/{}", enc(name)))
+                .await
+                .with_context(|| format!("reading machine {name}"))?;
+            let status = v.machine.status.as_str().to_owned();
+            if last.get(name) != Some(&status) {
+                println!("  {:>6.0} s  {name}: {status}", t0.elapsed().as_secs_f64());
+                last.insert(name.clone(), status.clone());
+            }
+            if status == "deployed" {
+                done += 1;
+                continue;
+            }
+            let step = next_step(&status).map_err(|e| anyhow::anyhow!("machine {name} {e}"))?;
+            let Some(action) = step else { continue };
+            let tries = asked.entry((name.clone(), action)).or_insert(0);
+            if *tries >= 2 {
+                bail!(
+                    "machine {name} is {status} after {tries} tries of {action}; see `kumo --profile {PROFILE} events --machine {name}`"
+                );
+            }
+            *tries += 1;
+            let _: MachineView = c
+                .post(
+                    &format!("/api/v1/machines/{}/actions/{action}", enc(name)),
+                    &json!({}),
+                )
+                .await
+                .with_context(|| format!("asking machine {name} to {action}"))?;
+        }
+        if done == names.len() {
+            println!(
+                "all {} machines deployed in {:.0} s; log in with `ssh debian@<address>` from the host",
+                names.len(),
+                t0.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+        if t0.elapsed() > LIMIT {
+            bail!(
+                "the lab's machines were not all deployed after {} minutes",
+                LIMIT.as_secs() / 60
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }
 
 async fn summary(c: &Client, paths: &Paths, s: &Settings, url: &str, took: Duration) -> Result<()> {
@@ -1125,22 +1303,46 @@ async fn summary(c: &Client, paths: &Paths, s: &Settings, url: &str, took: Durat
         "{}",
         table(
             &["MACHINE", "STATUS", "POWER", "MAC", "ADDRESS", "CONSOLE"],
-            rows
+            rows.clone()
         )
     );
     let first = ms
         .first()
         .map(|v| v.machine.hostname.to_string())
         .unwrap_or_else(|| machine_name(1));
+    // Rows were built from `ms` in order; column 4 is the address.
+    let ssh = ms
+        .iter()
+        .zip(&rows)
+        .find(|(v, row)| v.machine.status.as_str() == "deployed" && !row[4].is_empty())
+        .map(|(v, row)| {
+            format!(
+                "  ssh -i {key} debian@{ip}   # {host}, deployed\n",
+                key = paths.ssh_key().display(),
+                ip = row[4],
+                host = v.machine.hostname
+            )
+        })
+        .unwrap_or_default();
+    let steps = if ssh.is_empty() {
+        format!(
+            "  kumo machines commission {first}   # powers it on: it network-boots, reports its hardware, powers off
+  tail -f {console}
+  kumo machines deploy {first}       # once Ready; the image is in the region (kumo images list)",
+            console = paths.file(&first, "console.log").display()
+        )
+    } else {
+        format!(
+            "{ssh}  kumo machines release {first} --erase quick   # back to Ready, its disk wiped
+  kumo events --machine {first}"
+        )
+    };
     println!(
         "\nnext:
-  kumo machines commission {first}   # powers it on: it network-boots, reports its hardware, powers off
-  tail -f {console}
-  kumo machines deploy {first}       # once Ready, with an image in the region (kumo images list)
+{steps}
   dig @{rack_ip}{dns} {first}.{DOMAIN}
   kumo lab status
   kumo lab down                    # --purge also deletes the disks and the lab's region",
-        console = paths.file(&first, "console.log").display(),
         dns = match s.rack_dns_port {
             53 => String::new(),
             p => format!(" -p {p}"),
@@ -1375,6 +1577,18 @@ async fn status(format: Format) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deploy_all_commissions_new_machines_deploys_ready_ones_and_stops_on_others() {
+        assert_eq!(next_step("new"), Ok(Some("commission")));
+        assert_eq!(next_step("failed_commissioning"), Ok(Some("commission")));
+        assert_eq!(next_step("ready"), Ok(Some("deploy")));
+        assert_eq!(next_step("allocated"), Ok(Some("deploy")));
+        assert_eq!(next_step("commissioning"), Ok(None));
+        assert_eq!(next_step("deploying"), Ok(None));
+        let broken = next_step("broken").unwrap_err();
+        assert!(broken.contains("is broken"), "{broken}");
+    }
 
     #[test]
     fn options_default_to_the_last_up_then_to_the_built_in_values() {

@@ -187,6 +187,9 @@ fn lab_up_converges_powers_a_machine_and_down_purge_removes_it_all() {
         // The debug binary would make a large initramfs; enlist_e2e.rs
         // covers the ephemeral environment.
         "--no-ephemeral",
+        // metal_e2e.rs deploys the Debian image; building it here would
+        // add minutes and test nothing new.
+        "--no-image",
     ];
     let first = lab.ok(&up);
     assert!(first.contains("kumo lab is up"), "{first}");
@@ -218,6 +221,10 @@ fn lab_up_converges_powers_a_machine_and_down_purge_removes_it_all() {
         "{out:?}"
     );
     assert!(lab.lab_dir().join("lab-1.qcow2").exists());
+    // The lab's SSH key is the admin's, so deployed machines let it in.
+    let keys = lab.json(&["sshkeys", "list"]);
+    assert_eq!(keys[0]["comment"], "kumo-lab", "{keys}");
+    assert!(lab.lab_dir().join("id_ed25519").exists());
     if Path::new("/usr/sbin/apt-cacher-ng").exists() {
         wait_until("the rack's package proxy", 30, || {
             lab.rack_metrics()
