@@ -9,6 +9,8 @@ use std::path::Path;
 const ALLOWED: &[(&str, &[&str])] = &[
     // Pure: no I/O, no kumo dependencies.
     ("kumo-model", &[]),
+    // Charms and bundles as data, and the pure deploy planner.
+    ("kumo-charm", &[]),
     // Edges: talk to the outside world, know nothing of the region.
     ("kumo-power", &[]),
     // Protocol cores with their thin socket shells.
