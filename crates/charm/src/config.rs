@@ -168,23 +168,24 @@ impl ConfigSchema {
                 let fields = r.map(spec, &path)?;
                 r.known_keys(&fields, &path, &["type", "default", "description"])?;
                 let field = |k: &str| fields.iter().find(|(n, _, _)| n == k).map(|(_, _, v)| *v);
-                let kind =
-                    match field("type") {
-                        None => OptionType::String,
-                        Some(t) => match r.string(t, &join_path(&path, "type"))?.as_str() {
-                            "string" => OptionType::String,
-                            "int" => OptionType::Int,
-                            "float" => OptionType::Float,
-                            "boolean" => OptionType::Boolean,
-                            other => return Err(r.err(
+                let kind = match field("type") {
+                    None => OptionType::String,
+                    Some(t) => match r.string(t, &join_path(&path, "type"))?.as_str() {
+                        "string" => OptionType::String,
+                        "int" => OptionType::Int,
+                        "float" => OptionType::Float,
+                        "boolean" => OptionType::Boolean,
+                        other => {
+                            return Err(r.err(
                                 t,
                                 &join_path(&path, "type"),
                                 format!(
                                     "unknown type {other} (expected string, int, float or boolean)"
                                 ),
-                            )),
-                        },
-                    };
+                            ))
+                        }
+                    },
+                };
                 let description = match field("description") {
                     Some(d) => r
                         .opt_string(d, &join_path(&path, "description"))?

@@ -16,6 +16,7 @@ mod charm;
 mod config;
 mod error;
 mod metadata;
+mod validate;
 mod yaml;
 
 pub use bundle::{Application, Bundle, MachineSpec, OptionValue, Placement, RelationEnd, Spans};
@@ -23,3 +24,4 @@ pub use charm::Charm;
 pub use config::{ConfigOption, ConfigSchema, OptionType, Value};
 pub use error::{Error, Location, Result};
 pub use metadata::{valid_application_name, valid_name, Endpoint, Metadata, Role, JUJU_INFO};
+pub use validate::{validate, CharmSource, Relation, Resolved, ResolvedApplication};
