@@ -16,6 +16,7 @@ mod charm;
 mod config;
 mod error;
 mod metadata;
+mod model;
 mod validate;
 mod yaml;
 
@@ -24,4 +25,5 @@ pub use charm::Charm;
 pub use config::{ConfigOption, ConfigSchema, OptionType, Value};
 pub use error::{Error, Location, Result};
 pub use metadata::{valid_application_name, valid_name, Endpoint, Metadata, Role, JUJU_INFO};
+pub use model::{apply, diff, export, plan, AppState, Difference, Machine, ModelState, Step};
 pub use validate::{validate, CharmSource, Relation, Resolved, ResolvedApplication};
