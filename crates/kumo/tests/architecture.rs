@@ -147,3 +147,40 @@ fn the_model_crate_does_no_io() {
         }
     }
 }
+
+#[test]
+fn the_charm_crate_is_pure() {
+    // Bundles plan and apply as data; only loading a charm directory
+    // (charm.rs) reads files.
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("charm/src");
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        if !path.is_file() {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut banned = vec![
+            "SystemTime",
+            "Instant::now",
+            "TcpStream",
+            "TcpListener",
+            "UdpSocket",
+            "tokio",
+            "thread_rng",
+            "OsRng",
+        ];
+        if path.file_name().unwrap() != "charm.rs" {
+            banned.push("std::fs");
+        }
+        for banned in banned {
+            assert!(
+                !text.contains(banned),
+                "{} uses {banned}; the charm crate is pure",
+                path.display()
+            );
+        }
+    }
+}
