@@ -32,6 +32,7 @@ fn machine(id: [u8; 6], hostname: &str, mac: &str) -> Machine {
         inventory: None,
         deadline: None,
         deployment: None,
+        script_task: None,
         version: 1,
         created_at: 1000,
         updated_at: 1000,
