@@ -887,6 +887,7 @@ impl Region {
                 }),
                 revoke_tokens: revoke,
                 new_token_hash: new_token_hash.clone(),
+                script_result: None,
             };
             match self.store().update_machine(write).await {
                 Ok(stored) => {
