@@ -14,10 +14,11 @@ use kumo_model::api::{
     CloudInitDocuments, EnlistRequest, InstalledReply, Instructions, ReportEvent, ReportResult,
     StatusReport,
 };
+use kumo_model::scripts::TaskScripts;
 use kumo_model::{Inventory, MacAddress};
 use serde_json::Value;
 
-use crate::{disk, inventory, AgentError};
+use crate::{disk, inventory, scripts, AgentError};
 
 /// The `kumo.*` and `BOOTIF` parameters of `/proc/cmdline`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -108,14 +109,11 @@ pub async fn run(params: &BootParams, root: &Path) -> Result<Outcome, AgentError
                 client.post::<_, Value>("/inventory", &inv)
             })
             .await?;
-            report(
-                &client,
-                ReportEvent::Finished,
-                Some(ReportResult::Success),
-                "commissioning finished",
-            )
-            .await?;
-            Ok(Outcome::PowerOff)
+            finish_scripts(&client, "commissioning").await
+        }
+        "test" => {
+            require_token(params)?;
+            finish_scripts(&client, "testing").await
         }
         "deploy" => {
             require_token(params)?;
@@ -143,8 +141,8 @@ pub async fn run(params: &BootParams, root: &Path) -> Result<Outcome, AgentError
             .await?;
             Ok(Outcome::StayUp)
         }
-        // Testing scripts are not run yet: say so rather than pass, so the
-        // task does not hang until the watchdog.
+        // Say so rather than pass, so the task does not hang until the
+        // watchdog.
         other => {
             let message = format!("kumo agent: purpose {other:?} is not implemented yet");
             tracing::warn!("{message}");
@@ -188,6 +186,76 @@ async fn fail(client: &Client, message: &str) -> Result<Outcome, AgentError> {
 
 /// How often a long task tells the region it is alive.
 const HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// How often a long script's run is reported: it is one event each time,
+/// and well inside the watchdog's 20 minutes.
+const SCRIPT_HEARTBEAT: Duration = Duration::from_secs(60);
+
+/// Runs the task's scripts and reports the task's end: finished when all
+/// passed, failed naming those that did not (the machine then stays up for
+/// an operator to look).
+async fn finish_scripts(client: &Client, task: &str) -> Result<Outcome, AgentError> {
+    match run_task_scripts(client, task).await {
+        Ok((n, None)) => {
+            report(
+                client,
+                ReportEvent::Finished,
+                Some(ReportResult::Success),
+                &match n {
+                    0 => format!("{task} finished"),
+                    1 => format!("{task} finished: 1 script passed"),
+                    n => format!("{task} finished: {n} scripts passed"),
+                },
+            )
+            .await?;
+            Ok(Outcome::PowerOff)
+        }
+        Ok((_, Some(why))) => fail(client, &why).await,
+        Err(e) => fail(client, &format!("{task} scripts: {e}")).await,
+    }
+}
+
+/// Fetches the task's scripts, runs each in turn and uploads its result.
+/// Returns how many ran and why the task failed, if it did.
+async fn run_task_scripts(
+    client: &Client,
+    task: &str,
+) -> Result<(usize, Option<String>), AgentError> {
+    let ts: TaskScripts = retry("scripts", || client.get("/scripts")).await?;
+    let dir = std::env::temp_dir().join("kumo-scripts");
+    let mut reports = Vec::new();
+    for s in &ts.scripts {
+        let what = format!("{} script {}", ts.script_type, s.info.name);
+        report(
+            client,
+            ReportEvent::Progress,
+            None,
+            &format!("{task}: running {what} (timeout {} s)", s.info.timeout_secs),
+        )
+        .await?;
+        let env = scripts::script_env(&ts, s);
+        let started = Instant::now();
+        let run = scripts::run_script(&dir, s, &env);
+        tokio::pin!(run);
+        let run = loop {
+            tokio::select! {
+                r = &mut run => break r,
+                () = tokio::time::sleep(SCRIPT_HEARTBEAT) => {
+                    let msg = format!("{task}: {what} running for {} s", started.elapsed().as_secs());
+                    report(client, ReportEvent::Progress, None, &msg).await?;
+                }
+            }
+        };
+        let r = scripts::report_of(&s.info.name, run);
+        tracing::info!(script = %s.info.name, outcome = r.outcome.as_str(), exit_status = ?r.exit_status, "script done");
+        retry("script result", || {
+            client.post::<_, Value>("/script-results", &r)
+        })
+        .await?;
+        reports.push(r);
+    }
+    Ok((reports.len(), scripts::verdict(&ts, &reports)))
+}
 
 /// `http://rack:5248/metadata/v1/` → `http://rack:5248`.
 fn origin(url: &str) -> &str {
@@ -634,12 +702,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn unimplemented_purposes_stay_up() {
-        let p = BootParams::parse("kumo.purpose=test kumo.metadata_url=http://127.0.0.1:9/");
+    async fn unknown_purposes_stay_up() {
+        let p = BootParams::parse("kumo.purpose=dance kumo.metadata_url=http://127.0.0.1:9/");
         assert_eq!(
             run(&p, Path::new("/nonexistent")).await.unwrap(),
             Outcome::StayUp
         );
+    }
+
+    #[tokio::test]
+    async fn testing_without_a_token_is_refused() {
+        let p = BootParams::parse("kumo.purpose=test kumo.metadata_url=http://127.0.0.1:9/");
+        let err = run(&p, Path::new("/nonexistent")).await.unwrap_err();
+        assert!(err.to_string().contains("kumo.token"), "{err}");
     }
 
     #[tokio::test]

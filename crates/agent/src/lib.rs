@@ -2,12 +2,14 @@
 //! `/proc` + `/sys` tree (any root, so tests use a fake one) into
 //! [`kumo_model::Inventory`]; [`ephemeral`] is what `kumo agent ephemeral`
 //! does in the network-booted environment: read the kernel command line,
-//! enlist, commission, deploy (stream an image to disk, [`disk`]) or erase
-//! through the rack's `/metadata/v1`, then power off or reboot.
+//! enlist, commission, test (run the task's scripts, [`scripts`]), deploy
+//! (stream an image to disk, [`disk`]) or erase through the rack's
+//! `/metadata/v1`, then power off or reboot.
 
 pub mod disk;
 pub mod ephemeral;
 pub mod inventory;
+pub mod scripts;
 
 pub use ephemeral::{BootParams, Outcome};
 pub use inventory::collect;

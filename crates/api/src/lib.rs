@@ -20,6 +20,7 @@ use kumo_model::api::{
     ActionOptions, AddMachine, AllocateRequest, CreateUser, EnlistRequest, Group, ImageUpload,
     MachineFilter, NewSshKey, StatusReport, Tag, UpdateMachine, UpdateTagMachines,
 };
+use kumo_model::scripts::{NewScript, ScriptResultReport};
 use kumo_model::Inventory;
 use kumo_region::{Actor, Region, RegionError};
 use kumo_store::GroupKind;
@@ -101,6 +102,11 @@ impl<S: Send + Sync> FromRequestParts<S> for MachineToken {
 }
 
 type ApiResult<T> = Result<T, ApiError>;
+
+/// Script bodies and captured output are each up to 1 MiB of text, which
+/// JSON escaping may grow several times over (a control character becomes
+/// `\u00XX`); axum's default limit of 2 MB would refuse some.
+pub const SCRIPT_BODY_LIMIT: usize = 16 << 20;
 
 #[derive(Deserialize)]
 struct Limit {
@@ -203,6 +209,18 @@ pub fn router(region: Region) -> Router {
             "/ssh-keys/{fingerprint}",
             axum::routing::delete(delete_ssh_key),
         )
+        .route(
+            "/scripts",
+            get(list_scripts)
+                .post(add_script)
+                .layer(axum::extract::DefaultBodyLimit::max(SCRIPT_BODY_LIMIT)),
+        )
+        .route("/scripts/{name}", get(show_script).delete(delete_script))
+        .route("/machines/{id}/script-results", get(machine_script_results))
+        .route(
+            "/machines/{id}/script-results/{name}",
+            get(machine_script_result),
+        )
         .route("/rack/config", get(rack_config))
         .route("/rack/boot-events", post(rack_boot_event))
         .route("/rack/rogue-dhcp", get(rogue_dhcp).post(report_rogue_dhcp));
@@ -212,6 +230,12 @@ pub fn router(region: Region) -> Router {
         .route("/inventory", post(report_inventory))
         .route("/cloud-init", get(cloud_init))
         .route("/installed", post(installed))
+        .route("/scripts", get(task_scripts))
+        .route(
+            "/script-results",
+            post(report_script_result)
+                .layer(axum::extract::DefaultBodyLimit::max(SCRIPT_BODY_LIMIT)),
+        )
         .route("/enlist", post(enlist));
     Router::new()
         .nest("/api/v1", api)
@@ -621,6 +645,69 @@ async fn delete_ssh_key(
 ) -> ApiResult<impl IntoResponse> {
     r.delete_ssh_key(&a, &fingerprint).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- scripts -----------------------------------------------------------------
+
+async fn list_scripts(State(r): State<Region>, _u: User) -> ApiResult<impl IntoResponse> {
+    Ok(Json(r.scripts().await?))
+}
+
+async fn add_script(
+    State(r): State<Region>,
+    User(a): User,
+    ApiJson(req): ApiJson<NewScript>,
+) -> ApiResult<impl IntoResponse> {
+    Ok((StatusCode::CREATED, Json(r.add_script(&a, req).await?)))
+}
+
+async fn show_script(
+    State(r): State<Region>,
+    _u: User,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(r.script(&name).await?))
+}
+
+async fn delete_script(
+    State(r): State<Region>,
+    User(a): User,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    r.delete_script(&a, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn machine_script_results(
+    State(r): State<Region>,
+    _u: User,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(r.machine_script_results(&id).await?))
+}
+
+/// One run with its output.
+async fn machine_script_result(
+    State(r): State<Region>,
+    _u: User,
+    Path((id, name)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(r.machine_script_result(&id, &name).await?))
+}
+
+async fn task_scripts(
+    State(r): State<Region>,
+    MachineToken(t): MachineToken,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(r.task_scripts(&t).await?))
+}
+
+async fn report_script_result(
+    State(r): State<Region>,
+    MachineToken(t): MachineToken,
+    ApiJson(report): ApiJson<ScriptResultReport>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(r.report_script_result(&t, report).await?))
 }
 
 #[derive(Deserialize)]

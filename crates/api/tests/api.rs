@@ -90,6 +90,13 @@ impl Api {
     }
 }
 
+async fn token_of(api: &Api, machine: &str) -> String {
+    let (_, t) = api
+        .admin("GET", &format!("/api/v1/machines/{machine}/token"), None)
+        .await;
+    t["token"].as_str().unwrap().to_owned()
+}
+
 fn code(v: &Value) -> &str {
     v["error"]["code"].as_str().unwrap_or("<no code>")
 }
@@ -536,4 +543,184 @@ async fn an_unknown_machine_enlists_anonymously_once() {
 
     let (_, list) = api.admin("GET", "/api/v1/machines", None).await;
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+}
+
+#[tokio::test]
+async fn scripts_and_their_results_over_http() {
+    let api = Api::start().await;
+    let (s, v) = api
+        .admin(
+            "POST",
+            "/api/v1/scripts",
+            Some(json!({"name": "hello", "type": "testing", "body": "#!/bin/sh\necho hi\n", "timeout_secs": 30})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(
+        (v["size"].as_u64(), v["timeout_secs"].as_u64()),
+        (Some(18), Some(30))
+    );
+    assert!(v.get("body").is_none(), "{v}");
+    let (s, v) = api
+        .admin(
+            "POST",
+            "/api/v1/scripts",
+            Some(json!({"name": "bad", "type": "testing", "body": "echo hi\n"})),
+        )
+        .await;
+    assert_eq!(
+        (s, code(&v), v["error"]["field"].as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_field", Some("body")),
+        "{v}"
+    );
+    let (s, v) = api
+        .admin(
+            "POST",
+            "/api/v1/scripts",
+            Some(json!({"name": "bad", "type": "weekly", "body": "#!/bin/sh\n"})),
+        )
+        .await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
+        "{v}"
+    );
+    // Nearly 1 MiB of quotes is over 2 MB as JSON: still accepted.
+    let big = format!("#!/bin/sh\n#{}\n", "\"".repeat((1 << 20) - 20));
+    let (s, v) = api
+        .admin(
+            "POST",
+            "/api/v1/scripts",
+            Some(json!({"name": "big", "type": "commissioning", "body": big})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (_, list) = api.admin("GET", "/api/v1/scripts", None).await;
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["big", "hello"]);
+    let (_, one) = api.admin("GET", "/api/v1/scripts/hello", None).await;
+    assert_eq!(one["body"], "#!/bin/sh\necho hi\n");
+
+    let (s, _) = api
+        .admin(
+            "POST",
+            "/api/v1/machines",
+            Some(json!({"hostname": "node1", "macs": ["52:54:00:00:07:01"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, v) = api
+        .admin(
+            "POST",
+            "/api/v1/machines/node1/actions/commission",
+            Some(json!({"scripts": []})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["status"].as_str()),
+        (StatusCode::OK, Some("commissioning")),
+        "{v}"
+    );
+    let t = token_of(&api, "node1").await;
+    let (_, ts) = api
+        .call("GET", "/metadata/v1/scripts", Some(&t), None)
+        .await;
+    assert_eq!(
+        ts["scripts"],
+        json!([]),
+        "\"scripts\": [] runs the inventory alone"
+    );
+    let (s, _) = api
+        .call(
+            "POST",
+            "/metadata/v1/status",
+            Some(&t),
+            Some(json!({"event": "finished", "result": "success"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+
+    let (s, v) = api
+        .admin(
+            "POST",
+            "/api/v1/machines/node1/actions/test",
+            Some(json!({"scripts": ["nope"]})),
+        )
+        .await;
+    assert_eq!(
+        (s, code(&v), v["error"]["field"].as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_field", Some("scripts")),
+        "{v}"
+    );
+    let (s, v) = api
+        .admin("POST", "/api/v1/machines/node1/actions/test", None)
+        .await;
+    assert_eq!(
+        (s, v["status"].as_str()),
+        (StatusCode::OK, Some("testing")),
+        "{v}"
+    );
+    let t = token_of(&api, "node1").await;
+    let (s, ts) = api
+        .call("GET", "/metadata/v1/scripts", Some(&t), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{ts}");
+    assert_eq!(
+        (ts["type"].as_str(), ts["scripts"][0]["name"].as_str()),
+        (Some("testing"), Some("hello"))
+    );
+    // 1 MiB of control characters is 6 MiB of JSON.
+    let noisy = "\u{1}".repeat(1 << 20);
+    let (s, v) = api
+        .call(
+            "POST",
+            "/metadata/v1/script-results",
+            Some(&t),
+            Some(json!({"name": "hello", "outcome": "passed", "exit_status": 0, "stdout": noisy,
+                        "stderr": "fine\n", "started_at": 1_700_000_000_000i64, "ended_at": 1_700_000_000_500i64})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["outcome"].as_str()),
+        (StatusCode::OK, Some("passed")),
+        "{v}"
+    );
+    let (_, v) = api
+        .call(
+            "POST",
+            "/metadata/v1/status",
+            Some(&t),
+            Some(json!({"event": "finished", "result": "success"})),
+        )
+        .await;
+    assert_eq!(v["status"], "ready", "{v}");
+
+    let (_, rs) = api
+        .admin("GET", "/api/v1/machines/node1/script-results", None)
+        .await;
+    assert_eq!(rs[0]["name"], "hello", "{rs}");
+    assert_eq!(rs[0]["type"], "testing", "{rs}");
+    assert!(rs[0].get("stdout").is_none(), "lists leave the output out");
+    let (_, r) = api
+        .admin("GET", "/api/v1/machines/node1/script-results/hello", None)
+        .await;
+    assert_eq!(r["stdout"].as_str().map(str::len), Some(1 << 20));
+    assert_eq!(
+        (r["stderr"].as_str(), r["stdout_truncated"].as_bool()),
+        (Some("fine\n"), Some(false))
+    );
+    let (s, v) = api
+        .admin("GET", "/api/v1/machines/node1/script-results/big", None)
+        .await;
+    assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "not_found"), "{v}");
+
+    let (s, _) = api.admin("DELETE", "/api/v1/scripts/hello", None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, v) = api.admin("GET", "/api/v1/scripts/hello", None).await;
+    assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "not_found"));
 }

@@ -388,6 +388,7 @@ fn machine(i: usize, now: Millis) -> Result<Machine> {
         inventory: Some(inventory),
         deadline: None,
         deployment: None,
+        script_task: None,
         version: 1,
         created_at: now,
         updated_at: now,

@@ -148,6 +148,12 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::cli_deploy::SshKeyCommand,
     },
+    /// Commissioning and testing scripts machines run.
+    #[command(alias = "script")]
+    Scripts {
+        #[command(subcommand)]
+        command: crate::cli_scripts::ScriptCommand,
+    },
     /// OS images for deploying, and the boot images the rack serves.
     Images {
         #[command(subcommand)]
@@ -403,13 +409,29 @@ pub enum MachineCommand {
     Delete {
         machine: String,
     },
-    /// Boot the machine to take its hardware inventory.
+    /// Boot the machine to take its hardware inventory and run the
+    /// commissioning scripts.
     Commission {
         machine: String,
+        /// The commissioning scripts to run, in order, comma-separated
+        /// [default: all of them]; "" runs none.
+        #[arg(long, value_delimiter = ',')]
+        scripts: Option<Vec<String>>,
     },
-    /// Run hardware tests.
+    /// Boot the machine to run the testing scripts.
     Test {
         machine: String,
+        /// The testing scripts to run, in order, comma-separated [default: all of them].
+        #[arg(long, value_delimiter = ',')]
+        scripts: Option<Vec<String>>,
+    },
+    /// What a script printed on the machine in its latest run.
+    ScriptOutput {
+        machine: String,
+        script: String,
+        /// Its stderr instead of its stdout.
+        #[arg(long)]
+        stderr: bool,
     },
     /// Allocate a machine by constraints, or a named machine.
     Allocate {
@@ -949,6 +971,7 @@ pub async fn run_client_command(cmd: Command, profile: Option<&str>, format: For
             emit(format, &vec![image], |i| crate::cli_deploy::image_table(i))
         }
         Command::SshKeys { command } => crate::cli_deploy::ssh_keys(&c, format, command).await,
+        Command::Scripts { command } => crate::cli_scripts::scripts(&c, format, command).await,
         Command::Init(_)
         | Command::Images { .. }
         | Command::Agent { .. }
@@ -997,7 +1020,11 @@ async fn machines(c: &Client, format: Format, cmd: MachineCommand) -> Result<()>
                 &format!("/api/v1/machines/{}", enc(&machine)),
                 None,
             )
-            .await
+            .await?;
+            if format == Format::Table {
+                crate::cli_scripts::print_results(c, &machine).await?;
+            }
+            Ok(())
         }
         MachineCommand::Add(f) => {
             let req = AddMachine {
@@ -1094,12 +1121,27 @@ async fn machines(c: &Client, format: Format, cmd: MachineCommand) -> Result<()>
             }
             Ok(())
         }
-        MachineCommand::Commission { machine } => {
-            show_machine(c, format, &action(&machine, "commission"), Some(&none)).await
+        MachineCommand::Commission { machine, scripts } => {
+            let opts = ActionOptions {
+                scripts,
+                ..Default::default()
+            };
+            let body = serde_json::to_value(opts)?;
+            show_machine(c, format, &action(&machine, "commission"), Some(&body)).await
         }
-        MachineCommand::Test { machine } => {
-            show_machine(c, format, &action(&machine, "test"), Some(&none)).await
+        MachineCommand::Test { machine, scripts } => {
+            let opts = ActionOptions {
+                scripts,
+                ..Default::default()
+            };
+            let body = serde_json::to_value(opts)?;
+            show_machine(c, format, &action(&machine, "test"), Some(&body)).await
         }
+        MachineCommand::ScriptOutput {
+            machine,
+            script,
+            stderr,
+        } => crate::cli_scripts::print_output(c, format, &machine, &script, stderr).await,
         MachineCommand::Deploy {
             machine,
             image,

@@ -5,6 +5,7 @@
 mod cli;
 mod cli_deploy;
 mod cli_net;
+mod cli_scripts;
 mod config;
 mod disk_image;
 mod images;

@@ -659,3 +659,131 @@ fn the_seed_network_setup_from_the_cli() {
 fn hex_of(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[test]
+fn scripts_from_the_cli_and_their_output_on_the_machine() {
+    let lab = start();
+    let d = lab.dir.path();
+    std::fs::write(
+        d.join("cpu-count.sh"),
+        "#!/bin/sh\ngrep -c processor /proc/cpuinfo\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("notascript.sh"), "grep -c processor /proc/cpuinfo\n").unwrap();
+    let added = ok(
+        d,
+        &[
+            "scripts",
+            "add",
+            d.join("cpu-count.sh").to_str().unwrap(),
+            "--type",
+            "commissioning",
+            "--timeout",
+            "60",
+            "--description",
+            "counts CPUs",
+        ],
+    );
+    assert!(
+        added.contains("cpu-count") && added.contains("60 s"),
+        "{added}"
+    );
+    let bad = kumo(
+        d,
+        &[
+            "scripts",
+            "add",
+            d.join("notascript.sh").to_str().unwrap(),
+            "--type",
+            "testing",
+        ],
+    );
+    assert!(
+        !bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("#! line"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let listed = ok(d, &["scripts", "list"]);
+    assert!(
+        listed.contains("cpu-count")
+            && listed.contains("counts CPUs")
+            && !listed.contains("notascript"),
+        "{listed}"
+    );
+    let shown = ok(d, &["scripts", "show", "cpu-count"]);
+    assert!(shown.contains("grep -c processor /proc/cpuinfo"), "{shown}");
+
+    ok(
+        d,
+        &[
+            "machines",
+            "add",
+            "--hostname",
+            "n1",
+            "--mac",
+            "52:54:00:15:00:01",
+        ],
+    );
+    let unknown = kumo(
+        d,
+        &[
+            "machines",
+            "commission",
+            "n1",
+            "--scripts",
+            "cpu-count,nope",
+        ],
+    );
+    assert!(
+        !unknown.status.success() && String::from_utf8_lossy(&unknown.stderr).contains("\"nope\""),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
+    assert_eq!(machine(&lab, "n1")["status"], "new");
+    let m = json_of(
+        d,
+        &["machines", "commission", "n1", "--scripts", "cpu-count"],
+    );
+    assert_eq!(m["script_task"]["scripts"], json!(["cpu-count"]), "{m}");
+    report(
+        &lab,
+        "n1",
+        "script-results",
+        json!({"name": "cpu-count", "outcome": "passed", "exit_status": 0, "stdout": "4\n",
+               "stderr": "a warning\n", "started_at": 1_700_000_000_000i64, "ended_at": 1_700_000_002_500i64}),
+    );
+    report(
+        &lab,
+        "n1",
+        "status",
+        json!({"event": "finished", "result": "success"}),
+    );
+    assert_eq!(machine(&lab, "n1")["status"], "ready");
+
+    let shown = ok(d, &["machines", "show", "n1"]);
+    let row = shown
+        .lines()
+        .find(|l| l.trim_start().starts_with("cpu-count"))
+        .unwrap_or_else(|| panic!("no result row in:\n{shown}"));
+    for cell in ["commissioning", "passed", "0", "2.5"] {
+        assert!(row.contains(cell), "{cell:?} missing from {row:?}");
+    }
+    assert_eq!(
+        ok(d, &["machines", "script-output", "n1", "cpu-count"]),
+        "4\n"
+    );
+    assert_eq!(
+        ok(
+            d,
+            &["machines", "script-output", "n1", "cpu-count", "--stderr"]
+        ),
+        "a warning\n"
+    );
+    let events = ok(d, &["events", "--machine", "n1"]);
+    assert!(
+        events.contains("commissioning script cpu-count passed in 2.5 s"),
+        "{events}"
+    );
+    ok(d, &["scripts", "delete", "cpu-count"]);
+    assert!(!ok(d, &["scripts", "list"]).contains("cpu-count"));
+}

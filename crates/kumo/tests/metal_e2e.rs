@@ -10,6 +10,9 @@
 //! Then one machine is powered off mid-deploy (Failed deployment, the
 //! reason in its events) and another deploy is aborted.
 //!
+//! Commissioning also runs a user's commissioning script, whose output
+//! reaches the region, and one machine then passes a testing script.
+//!
 //! One network namespace is the rack host: a bridge `kbr0` (10.217.0.2/24)
 //! with `kumo region serve` and `kumo rack serve -i kbr0` inside, and the
 //! machines' taps on the bridge. Images are cached under `<repo>/.cache/`:
@@ -354,6 +357,25 @@ fn two_qemu_machines_enlist_commission_deploy_answer_ssh_and_release() {
         vms.iter().all(|vm| !vm.running(&h))
     });
 
+    // A commissioning script runs after the inventory; a testing script
+    // waits for `kumo machines test`.
+    let cpus = h.path("cpus.sh");
+    std::fs::write(
+        &cpus,
+        "#!/bin/sh\necho kumo-script-ok $(grep -c ^processor /proc/cpuinfo) $KUMO_MACHINE\n",
+    )
+    .unwrap();
+    h.ok(&[
+        "scripts",
+        "add",
+        cpus.to_str().unwrap(),
+        "--type",
+        "commissioning",
+    ]);
+    let mem = h.path("mem.sh");
+    std::fs::write(&mem, "#!/bin/sh\nfree\ngrep -q MemTotal /proc/meminfo\n").unwrap();
+    h.ok(&["scripts", "add", mem.to_str().unwrap(), "--type", "testing"]);
+
     // From now on kumo drives their power.
     for (vm, host) in vms.iter().zip(&hosts) {
         let argv = serde_json::to_string(&vm.argv(&h)).unwrap();
@@ -377,6 +399,36 @@ fn two_qemu_machines_enlist_commission_deploy_answer_ssh_and_release() {
     eprintln!("commission → Ready (both) in {:.1} s", took.as_secs_f64());
     wait_until("the machines to power off after commissioning", 60, || {
         vms.iter().all(|vm| !vm.running(&h))
+    });
+    for (vm, host) in vms.iter().zip(&hosts) {
+        let id = vm.machine(&h).unwrap()["system_id"].clone();
+        let out = h.ok(&["machines", "script-output", host, "cpus"]);
+        assert_eq!(
+            out.trim(),
+            format!("kumo-script-ok 1 {}", id.as_str().unwrap())
+        );
+    }
+    h.ok(&["machines", "test", &hosts[0]]);
+    let took = wait_until("a machine to pass its tests", 300, || {
+        let s = vms[0].status(&h);
+        assert_ne!(
+            s,
+            "failed_testing",
+            "{}",
+            h.ok(&["events", "--machine", &hosts[0], "--limit", "20"])
+        );
+        s == "ready"
+    });
+    eprintln!("test → Ready in {:.1} s", took.as_secs_f64());
+    let shown = h.ok(&["machines", "show", &hosts[0]]);
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.contains("mem") && l.contains("passed")),
+        "{shown}"
+    );
+    wait_until("the tested machine to power off", 60, || {
+        !vms[0].running(&h)
     });
 
     // Tags: one by hand, one from the inventory.

@@ -80,6 +80,10 @@ pub struct ActionOptions {
     /// `deploy`: cloud-init user-data for the first boot.
     #[serde(default)]
     pub user_data: Option<String>,
+    /// `commission`, `test`: the scripts to run, in order [default: every
+    /// script of the task's type].
+    #[serde(default)]
+    pub scripts: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -115,7 +119,7 @@ pub struct MachineEvent {
     pub id: i64,
     pub system_id: String,
     pub at: Millis,
-    /// `status`, `power`, `progress`, `action` or `error`.
+    /// `status`, `power`, `progress`, `script`, `boot`, `network` or `error`.
     pub kind: String,
     pub message: String,
 }

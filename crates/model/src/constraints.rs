@@ -247,6 +247,7 @@ mod tests {
             inventory: None,
             deadline: None,
             deployment: None,
+            script_task: None,
             version: 1,
             created_at: 0,
             updated_at: 0,

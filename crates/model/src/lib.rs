@@ -16,6 +16,7 @@ pub mod inventory;
 pub mod lifecycle;
 pub mod machine;
 pub mod network;
+pub mod scripts;
 pub mod tags;
 
 pub use error::ModelError;

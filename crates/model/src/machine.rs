@@ -68,6 +68,9 @@ pub struct Machine {
     /// The current or last deployment; `None` for a machine never deployed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployment: Option<crate::deploy::Deployment>,
+    /// The scripts of the current or last commissioning or testing task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script_task: Option<crate::scripts::ScriptTask>,
     /// Bumped on every write; writers compare-and-swap on it.
     pub version: i64,
     pub created_at: Millis,

@@ -25,6 +25,10 @@ use tower_http::services::ServeDir;
 
 use crate::script::{ScriptInput, Scripts};
 
+/// What a machine may send through to the region's `/metadata/v1`: as much
+/// as the region itself accepts there.
+const METADATA_BODY_LIMIT: usize = 16 << 20;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PurposeLabel {
     purpose: String,
@@ -175,7 +179,11 @@ pub fn router(
             }),
         )
         .route("/healthz", get(|| async { "ok" }))
-        .route("/metadata/v1/{*rest}", any(metadata))
+        .route(
+            "/metadata/v1/{*rest}",
+            // Script results carry up to 2 MiB of output, JSON-escaped.
+            any(metadata).layer(axum::extract::DefaultBodyLimit::max(METADATA_BODY_LIMIT)),
+        )
         .nest_service("/boot", files)
         .with_state(state)
 }

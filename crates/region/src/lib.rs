@@ -10,6 +10,7 @@ mod deploy;
 mod error;
 pub mod metrics;
 mod network;
+mod scripts;
 pub mod secrets;
 mod workers;
 
@@ -24,6 +25,7 @@ use kumo_model::api::{
 };
 use kumo_model::constraints::Constraints;
 use kumo_model::lifecycle::{self, Action, Effect, EraseMode, MachineStatus};
+use kumo_model::scripts::ScriptType;
 use kumo_model::tags::TagDefinition;
 use kumo_model::{Hostname, Inventory, MacAddress, Machine, Millis, Name, PowerState, SystemId};
 use kumo_power::RetryPolicy;
@@ -556,6 +558,7 @@ impl Region {
             inventory: None,
             deadline: None,
             deployment: None,
+            script_task: None,
             version: 1,
             created_at: now,
             updated_at: now,
@@ -886,6 +889,7 @@ impl Region {
                 }),
                 revoke_tokens: revoke,
                 new_token_hash: new_token_hash.clone(),
+                script_result: None,
             };
             match self.store().update_machine(write).await {
                 Ok(stored) => {
@@ -965,11 +969,34 @@ impl Region {
         } else {
             None
         };
+        let script_type = match name {
+            "commission" => Some(ScriptType::Commissioning),
+            "test" => Some(ScriptType::Testing),
+            _ => None,
+        };
+        let script_task = match script_type {
+            Some(t) => {
+                let m = self.machine(id).await?;
+                // As with deploy: an illegal action says so first.
+                lifecycle::apply(m.system_id.as_str(), &m.lifecycle(), &action)?;
+                Some(self.plan_scripts(t, opts.scripts.as_deref()).await?)
+            }
+            None if opts.scripts.is_some() => {
+                return Err(RegionError::invalid(
+                    "scripts",
+                    format!("{name} runs no scripts; commission and test do"),
+                ))
+            }
+            None => None,
+        };
         let actor_ = actor.clone();
         let what = name.to_owned();
         let amend = move |m: &mut Machine| {
             if let Some(d) = &deployment {
                 m.deployment = Some(d.clone());
+            }
+            if let Some(t) = &script_task {
+                m.script_task = Some(t.clone());
             }
         };
         match self
@@ -1370,6 +1397,16 @@ impl Region {
                 }
             }
             (ReportEvent::Finished, _) => {
+                // Success needs every script of the task passed, whatever
+                // the machine's agent concluded.
+                if let Some(reason) = self.script_failures(&m).await? {
+                    return match self
+                        .transition(&system, &sid, Action::Failed { reason }, |_| Ok(true))
+                        .await?
+                    {
+                        Outcome::Applied(m) | Outcome::Skipped(m) => Ok(m),
+                    };
+                }
                 if !report.message.is_empty() {
                     self.store()
                         .add_machine_event(
@@ -1491,6 +1528,7 @@ impl Region {
             inventory: None,
             deadline: None,
             deployment: None,
+            script_task: None,
             version: 1,
             created_at: now,
             updated_at: now,

@@ -904,3 +904,373 @@ async fn an_unknown_machine_enlists_once_as_new_with_its_inventory_and_auto_tags
         .unwrap_err();
     assert_eq!(err.field().as_deref(), Some("boot_mac"), "{err}");
 }
+
+mod scripts {
+    use super::*;
+    use kumo_model::scripts::{
+        NewScript, ScriptOutcome, ScriptResultReport, ScriptType, MAX_SCRIPT_BYTES,
+    };
+
+    fn new(name: &str, t: ScriptType, body: &str) -> NewScript {
+        NewScript {
+            name: name.into(),
+            script_type: t,
+            description: String::new(),
+            timeout_secs: None,
+            body: body.into(),
+        }
+    }
+
+    fn ok_script(name: &str, t: ScriptType) -> NewScript {
+        new(name, t, &format!("#!/bin/sh\necho {name}\n"))
+    }
+
+    fn result(name: &str, exit: i32) -> ScriptResultReport {
+        ScriptResultReport {
+            name: name.into(),
+            outcome: if exit == 0 {
+                ScriptOutcome::Passed
+            } else {
+                ScriptOutcome::Failed
+            },
+            exit_status: Some(exit),
+            stdout: format!("{name} says hi\n"),
+            stdout_truncated: false,
+            stderr: String::new(),
+            stderr_truncated: false,
+            started_at: 1_700_000_000_000,
+            ended_at: 1_700_000_001_200,
+        }
+    }
+
+    fn scripts_of(opts: &[&str]) -> ActionOptions {
+        ActionOptions {
+            scripts: Some(opts.iter().map(|s| s.to_string()).collect()),
+            ..Default::default()
+        }
+    }
+
+    async fn manual_machine(r: &Region, name: &str, mac: &str) {
+        r.add_machine(
+            &admin(),
+            AddMachine {
+                hostname: name.into(),
+                macs: vec![mac.into()],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn scripts_are_added_listed_checked_and_deleted_by_admins() {
+        let (r, _c, _d) = sqlite_region().await;
+        let info = r
+            .add_script(&admin(), ok_script("cpu-count", ScriptType::Commissioning))
+            .await
+            .unwrap();
+        assert_eq!((info.timeout_secs, info.size), (600, 25));
+        r.add_script(&admin(), ok_script("burn-in", ScriptType::Testing))
+            .await
+            .unwrap();
+        let names: Vec<String> = r
+            .scripts()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(names, ["burn-in", "cpu-count"]);
+        assert_eq!(
+            r.script("cpu-count").await.unwrap().body,
+            "#!/bin/sh\necho cpu-count\n"
+        );
+
+        let big = format!("#!/bin/sh\n{}", "#".repeat(MAX_SCRIPT_BYTES));
+        for (req, field) in [
+            (ok_script("bad name", ScriptType::Testing), "name"),
+            (new("x", ScriptType::Testing, "echo no shebang\n"), "body"),
+            (new("x", ScriptType::Testing, &big), "body"),
+            (
+                NewScript {
+                    timeout_secs: Some(0),
+                    ..ok_script("x", ScriptType::Testing)
+                },
+                "timeout_secs",
+            ),
+        ] {
+            let e = r.add_script(&admin(), req).await.unwrap_err();
+            assert_eq!(
+                (e.code(), e.field().as_deref()),
+                ("invalid_field", Some(field)),
+                "{e}"
+            );
+        }
+        let e = r
+            .add_script(&admin(), ok_script("cpu-count", ScriptType::Testing))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), "already_exists", "{e}");
+        let bob = Actor {
+            username: "bob".into(),
+            admin: false,
+        };
+        let e = r
+            .add_script(&bob, ok_script("mine", ScriptType::Testing))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), "forbidden");
+        assert_eq!(
+            r.delete_script(&bob, "cpu-count").await.unwrap_err().code(),
+            "forbidden"
+        );
+        assert_eq!(
+            r.scripts().await.unwrap().len(),
+            2,
+            "nothing bad was stored"
+        );
+
+        r.delete_script(&admin(), "cpu-count").await.unwrap();
+        assert_eq!(
+            r.delete_script(&admin(), "cpu-count")
+                .await
+                .unwrap_err()
+                .code(),
+            "not_found"
+        );
+        assert_eq!(r.scripts().await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn commissioning_runs_the_chosen_scripts_and_a_failed_one_fails_it() {
+        let (r, clock, _d) = sqlite_region().await;
+        for (n, t) in [
+            ("a-lshw", ScriptType::Commissioning),
+            ("b-count", ScriptType::Commissioning),
+            ("smart", ScriptType::Testing),
+        ] {
+            r.add_script(&admin(), ok_script(n, t)).await.unwrap();
+        }
+        manual_machine(&r, "n1", "52:54:00:00:05:01").await;
+
+        // Names that are not commissioning scripts are refused before
+        // anything moves: no status change, no power job.
+        for bad in [&["nope"][..], &["smart"], &["a-lshw", "nope"]] {
+            let e = r
+                .machine_action(&admin(), "n1", "commission", scripts_of(bad))
+                .await
+                .unwrap_err();
+            assert_eq!(
+                (e.code(), e.field().as_deref()),
+                ("invalid_field", Some("scripts")),
+                "{e}"
+            );
+        }
+        let e = r
+            .machine_action(&admin(), "n1", "deploy", scripts_of(&["a-lshw"]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), "illegal_transition", "illegality first: {e}");
+        let e = r
+            .machine_action(&admin(), "n1", "mark-broken", scripts_of(&["a-lshw"]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.field().as_deref(), Some("scripts"), "{e}");
+        assert_eq!(r.machine("n1").await.unwrap().status, MachineStatus::New);
+        assert!(r.store().power_jobs().await.unwrap().is_empty());
+
+        // By default every commissioning script runs, by name.
+        let m = r
+            .machine_action(&admin(), "n1", "commission", ActionOptions::default())
+            .await
+            .unwrap();
+        let task = m.script_task.clone().unwrap();
+        assert_eq!(
+            (task.script_type, task.scripts.clone()),
+            (
+                ScriptType::Commissioning,
+                vec!["a-lshw".into(), "b-count".into()]
+            )
+        );
+        r.machine_action(&admin(), "n1", "abort", ActionOptions::default())
+            .await
+            .unwrap();
+
+        clock.advance(1_000);
+        let m = r
+            .machine_action(&admin(), "n1", "commission", scripts_of(&["b-count"]))
+            .await
+            .unwrap();
+        assert_eq!(m.script_task.as_ref().unwrap().scripts, ["b-count"]);
+        let e = r.delete_script(&admin(), "b-count").await.unwrap_err();
+        assert_eq!(e.code(), "in_use", "a running task's script stays: {e}");
+        let token = r.machine_token("n1").await.unwrap().unwrap();
+        let ts = r.task_scripts(&token).await.unwrap();
+        assert_eq!(ts.script_type, ScriptType::Commissioning);
+        assert_eq!(ts.hostname, "n1");
+        assert_eq!(ts.scripts.len(), 1);
+        assert_eq!(ts.scripts[0].body, "#!/bin/sh\necho b-count\n");
+
+        // Only the task's own scripts may report.
+        let e = r
+            .report_script_result(&token, result("a-lshw", 0))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.code(), e.field().as_deref()),
+            ("invalid_field", Some("name"))
+        );
+        clock.advance(1_100 * 1_000);
+        let failed = r
+            .report_script_result(&token, result("b-count", 3))
+            .await
+            .unwrap();
+        assert_eq!(failed.outcome, ScriptOutcome::Failed);
+        clock.advance(1_100 * 1_000);
+        assert_eq!(
+            r.run_watchdog().await.unwrap(),
+            0,
+            "an uploaded result counts as a report for the watchdog"
+        );
+
+        // An agent that claims success anyway does not get it.
+        let m = r.machine_report(&token, finished(true)).await.unwrap();
+        assert_eq!(m.status, MachineStatus::FailedCommissioning);
+        assert!(
+            m.status_message.contains("b-count (exit status 3)"),
+            "{}",
+            m.status_message
+        );
+        assert!(!m.commissioned);
+        let events = r.machine_events(Some("n1"), 50).await.unwrap();
+        assert!(
+            events.iter().any(|e| e.kind == "script"
+                && e.message == "commissioning script b-count failed: exit status 3"),
+            "{events:#?}"
+        );
+        let results = r.machine_script_results("n1").await.unwrap();
+        assert_eq!(results.len(), 1);
+        assert_eq!(results[0].exit_status, Some(3));
+        let out = r.machine_script_result("n1", "b-count").await.unwrap();
+        assert_eq!(out.stdout, "b-count says hi\n");
+        assert_eq!(
+            r.machine_script_result("n1", "a-lshw")
+                .await
+                .unwrap_err()
+                .code(),
+            "not_found"
+        );
+        // The task is over: no more uploads, and its scripts may go.
+        assert!(r
+            .report_script_result(&token, result("b-count", 0))
+            .await
+            .is_err());
+        r.delete_script(&admin(), "b-count").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn testing_passes_to_ready_and_fails_to_failed_testing() {
+        let (r, clock, _d) = sqlite_region().await;
+        manual_machine(&r, "n1", "52:54:00:00:06:01").await;
+        let e = r
+            .machine_action(&admin(), "n1", "test", ActionOptions::default())
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), "illegal_transition", "{e}");
+        r.machine_action(&admin(), "n1", "commission", ActionOptions::default())
+            .await
+            .unwrap();
+        let token = r.machine_token("n1").await.unwrap().unwrap();
+        assert!(r.task_scripts(&token).await.unwrap().scripts.is_empty());
+        let m = r.machine_report(&token, finished(true)).await.unwrap();
+        assert_eq!(
+            m.status,
+            MachineStatus::Ready,
+            "no scripts, nothing to fail"
+        );
+
+        let e = r
+            .machine_action(&admin(), "n1", "test", ActionOptions::default())
+            .await
+            .unwrap_err();
+        assert!(
+            e.field().as_deref() == Some("scripts") && e.to_string().contains("no testing scripts"),
+            "{e}"
+        );
+        for n in ["mem", "disk"] {
+            r.add_script(&admin(), ok_script(n, ScriptType::Testing))
+                .await
+                .unwrap();
+        }
+
+        clock.advance(1_000);
+        let m = r
+            .machine_action(&admin(), "n1", "test", ActionOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(m.status, MachineStatus::Testing);
+        let token = r.machine_token("n1").await.unwrap().unwrap();
+        assert_eq!(r.instructions(&token).await.unwrap().task, "test");
+        let ts = r.task_scripts(&token).await.unwrap();
+        let names: Vec<&str> = ts.scripts.iter().map(|s| s.info.name.as_str()).collect();
+        assert_eq!(names, ["disk", "mem"]);
+        for n in names {
+            r.report_script_result(&token, result(n, 0)).await.unwrap();
+        }
+        let m = r.machine_report(&token, finished(true)).await.unwrap();
+        assert_eq!(m.status, MachineStatus::Ready);
+
+        clock.advance(1_000);
+        r.machine_action(&admin(), "n1", "test", scripts_of(&["mem"]))
+            .await
+            .unwrap();
+        let token = r.machine_token("n1").await.unwrap().unwrap();
+        // A success claimed without a result is not a pass.
+        let m = r.machine_report(&token, finished(true)).await.unwrap();
+        assert_eq!(m.status, MachineStatus::FailedTesting);
+        assert!(
+            m.status_message.contains("mem (no result)"),
+            "{}",
+            m.status_message
+        );
+
+        clock.advance(1_000);
+        r.machine_action(&admin(), "n1", "test", scripts_of(&["mem"]))
+            .await
+            .unwrap();
+        let token = r.machine_token("n1").await.unwrap().unwrap();
+        r.report_script_result(&token, result("mem", 1))
+            .await
+            .unwrap();
+        let m = r
+            .machine_report(
+                &token,
+                StatusReport {
+                    event: ReportEvent::Finished,
+                    result: Some(ReportResult::Failure),
+                    message: "testing script failed: mem (exit status 1)".into(),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(m.status, MachineStatus::FailedTesting);
+        let results = r.machine_script_results("n1").await.unwrap();
+        let summary: Vec<(&str, Option<i32>)> = results
+            .iter()
+            .map(|r| (r.name.as_str(), r.exit_status))
+            .collect();
+        assert_eq!(
+            summary,
+            [("disk", Some(0)), ("mem", Some(1))],
+            "the latest of each"
+        );
+        let events = r.machine_events(Some("n1"), 50).await.unwrap();
+        assert!(
+            events
+                .iter()
+                .any(|e| e.message == "testing script disk passed in 1.2 s"),
+            "{events:#?}"
+        );
+    }
+}

@@ -17,6 +17,7 @@ use std::str::FromStr;
 
 use kumo_model::api::{AuditEvent, Group, MachineEvent, Tag, User};
 use kumo_model::deploy::{Image, SshKey};
+use kumo_model::scripts::{Script, ScriptInfo, ScriptResult, ScriptResultOutput};
 use kumo_model::{Machine, MachineStatus, Millis};
 use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow};
 use sqlx::query::Query;
@@ -131,6 +132,8 @@ pub struct MachineWrite<'a> {
     pub revoke_tokens: bool,
     /// Store this token hash for the machine (after any revocation).
     pub new_token_hash: Option<String>,
+    /// A script run to keep as the machine's latest of that script.
+    pub script_result: Option<ScriptResultOutput>,
 }
 
 impl<'a> MachineWrite<'a> {
@@ -145,6 +148,7 @@ impl<'a> MachineWrite<'a> {
             audit: None,
             revoke_tokens: false,
             new_token_hash: None,
+            script_result: None,
         }
     }
 }
@@ -587,6 +591,9 @@ impl Store {
                 .bind(w.now)
                 .execute(&mut *tx)
                 .await?;
+        }
+        if let Some(r) = &w.script_result {
+            put_script_result(&mut tx, &id, r).await?;
         }
         tx.commit().await?;
         Ok(m)
@@ -1334,6 +1341,99 @@ impl Store {
         Ok(())
     }
 
+    // ---- scripts and their results ----------------------------------------
+
+    /// Adds a script; a name already taken is refused (scripts are never
+    /// replaced in place, so a result's checksum always names what ran).
+    pub async fn add_script(&self, script: &Script) -> Result<(), StoreError> {
+        let res = q("INSERT INTO scripts (name, info, body) VALUES ($1, $2, $3)")
+            .bind(script.info.name.clone())
+            .bind(serde_json::to_string(&script.info).expect("a script serialises"))
+            .bind(script.body.clone())
+            .execute(&self.pool)
+            .await;
+        match res {
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Duplicate {
+                what: "script",
+                value: script.info.name.clone(),
+            }),
+            r => r.map(|_| ()).map_err(Into::into),
+        }
+    }
+
+    pub async fn get_script(&self, name: &str) -> Result<Script, StoreError> {
+        let row = q("SELECT info, body FROM scripts WHERE name = $1")
+            .bind(name.to_owned())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                what: "script",
+                id: name.to_owned(),
+            })?;
+        Ok(Script {
+            info: json_body("script", name, row.get(0))?,
+            body: row.get(1),
+        })
+    }
+
+    /// Every script, by name, without bodies.
+    pub async fn list_scripts(&self) -> Result<Vec<ScriptInfo>, StoreError> {
+        let rows = q("SELECT name, info FROM scripts ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| json_body("script", &r.get::<String, _>(0), r.get(1)))
+            .collect()
+    }
+
+    pub async fn delete_script(&self, name: &str) -> Result<(), StoreError> {
+        let res = q("DELETE FROM scripts WHERE name = $1")
+            .bind(name.to_owned())
+            .execute(&self.pool)
+            .await?;
+        if res.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                what: "script",
+                id: name.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The latest run of each script on a machine, without output, by name.
+    pub async fn script_results(&self, system_id: &str) -> Result<Vec<ScriptResult>, StoreError> {
+        let rows = q("SELECT name, info FROM script_results WHERE system_id = $1 ORDER BY name")
+            .bind(system_id.to_owned())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| json_body("script result", &r.get::<String, _>(0), r.get(1)))
+            .collect()
+    }
+
+    pub async fn script_result(
+        &self,
+        system_id: &str,
+        name: &str,
+    ) -> Result<ScriptResultOutput, StoreError> {
+        let row = q(
+            "SELECT info, stdout, stderr FROM script_results WHERE system_id = $1 AND name = $2",
+        )
+        .bind(system_id.to_owned())
+        .bind(name.to_owned())
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            what: "script result",
+            id: name.to_owned(),
+        })?;
+        Ok(ScriptResultOutput {
+            result: json_body("script result", name, row.get(0))?,
+            stdout: row.get(1),
+            stderr: row.get(2),
+        })
+    }
+
     // ---- static addresses -------------------------------------------------
 
     /// Records a static address; an address held by anyone is refused.
@@ -1481,6 +1581,28 @@ async fn insert_event(
         .bind(now)
         .bind(e.kind)
         .bind(e.message.clone())
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Keeps `r` as the machine's latest run of its script.
+async fn put_script_result(
+    conn: &mut sqlx::AnyConnection,
+    system_id: &str,
+    r: &ScriptResultOutput,
+) -> Result<(), StoreError> {
+    q("DELETE FROM script_results WHERE system_id = $1 AND name = $2")
+        .bind(system_id.to_owned())
+        .bind(r.result.name.clone())
+        .execute(&mut *conn)
+        .await?;
+    q("INSERT INTO script_results (system_id, name, info, stdout, stderr) VALUES ($1, $2, $3, $4, $5)")
+        .bind(system_id.to_owned())
+        .bind(r.result.name.clone())
+        .bind(serde_json::to_string(&r.result).expect("a result serialises"))
+        .bind(r.stdout.clone())
+        .bind(r.stderr.clone())
         .execute(&mut *conn)
         .await?;
     Ok(())

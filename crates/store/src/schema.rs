@@ -121,4 +121,23 @@ CREATE TABLE ssh_keys (
 );
 "#,
     ),
+    (
+        4,
+        "commissioning and testing scripts and their results",
+        r#"
+CREATE TABLE scripts (
+    name TEXT PRIMARY KEY,
+    info TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE script_results (
+    system_id TEXT NOT NULL REFERENCES machines (system_id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    info TEXT NOT NULL,
+    stdout TEXT NOT NULL,
+    stderr TEXT NOT NULL,
+    PRIMARY KEY (system_id, name)
+);
+"#,
+    ),
 ];

@@ -32,6 +32,7 @@ fn machine(id: [u8; 6], hostname: &str, mac: &str) -> Machine {
         inventory: None,
         deadline: None,
         deployment: None,
+        script_task: None,
         version: 1,
         created_at: 1000,
         updated_at: 1000,
@@ -367,6 +368,117 @@ async fn users_and_api_keys(s: Store) {
     assert_eq!(s.list_users().await.unwrap().len(), 1);
 }
 
+async fn scripts_and_their_results(s: Store) {
+    use kumo_model::scripts::{
+        NewScript, Script, ScriptOutcome, ScriptResultOutput, ScriptResultReport, ScriptTask,
+        ScriptType,
+    };
+    let script = |name: &str, t: ScriptType| {
+        Script::new(
+            NewScript {
+                name: name.into(),
+                script_type: t,
+                description: "says hello".into(),
+                timeout_secs: Some(30),
+                body: format!("#!/bin/sh\necho {name} 'ünïcode'\n"),
+            },
+            5,
+        )
+        .unwrap()
+    };
+    let a = script("a-test", ScriptType::Testing);
+    s.add_script(&a).await.unwrap();
+    s.add_script(&script("lshw", ScriptType::Commissioning))
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.add_script(&a).await,
+        Err(StoreError::Duplicate { what: "script", .. })
+    ));
+    assert_eq!(s.get_script("a-test").await.unwrap(), a);
+    let listed = s.list_scripts().await.unwrap();
+    assert_eq!(
+        listed.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(),
+        ["a-test", "lshw"]
+    );
+    assert_eq!(listed[0], a.info);
+
+    let m = machine([1; 6], "node-a", "52:54:00:00:00:01");
+    s.insert_machine(&m, "", None).await.unwrap();
+    let task = ScriptTask {
+        script_type: ScriptType::Testing,
+        scripts: vec!["a-test".into()],
+        started_at: 50,
+    };
+    let run = |outcome, exit, stdout: &str| {
+        ScriptResultOutput::from_report(
+            ScriptResultReport {
+                name: "a-test".into(),
+                outcome,
+                exit_status: exit,
+                stdout: stdout.into(),
+                stdout_truncated: false,
+                stderr: "warn\n".into(),
+                stderr_truncated: false,
+                started_at: 100,
+                ended_at: 1300,
+            },
+            &task,
+            &a.info.sha256,
+            2000,
+        )
+        .unwrap()
+    };
+    // A result rides on a machine write, with its event.
+    let mut w = MachineWrite::new(&m, 2000);
+    w.script_result = Some(run(ScriptOutcome::Failed, Some(3), "first"));
+    w.events.push(NewEvent {
+        kind: "script",
+        message: "testing script a-test failed: exit status 3".into(),
+    });
+    let m = s.update_machine(w).await.unwrap();
+    let mut w = MachineWrite::new(&m, 3000);
+    let latest = run(ScriptOutcome::Passed, Some(0), "second ünïcode\n");
+    w.script_result = Some(latest.clone());
+    s.update_machine(w).await.unwrap();
+    let results = s.script_results(m.system_id.as_str()).await.unwrap();
+    assert_eq!(results, vec![latest.result.clone()], "the latest run only");
+    assert_eq!(
+        s.script_result(m.system_id.as_str(), "a-test")
+            .await
+            .unwrap(),
+        latest
+    );
+    assert!(matches!(
+        s.script_result(m.system_id.as_str(), "lshw").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    let events = s
+        .machine_events(Some(m.system_id.as_str()), 10)
+        .await
+        .unwrap();
+    assert!(events.iter().any(|e| e.kind == "script"), "{events:?}");
+
+    s.delete_script("a-test").await.unwrap();
+    assert!(matches!(
+        s.delete_script("a-test").await,
+        Err(StoreError::NotFound { what: "script", .. })
+    ));
+    // Results outlive their script, and go with their machine.
+    assert_eq!(
+        s.script_results(m.system_id.as_str()).await.unwrap().len(),
+        1
+    );
+    s.delete_machine(m.system_id.as_str(), 4000, None)
+        .await
+        .unwrap();
+    assert!(s
+        .script_results(m.system_id.as_str())
+        .await
+        .unwrap()
+        .is_empty());
+}
+
 macro_rules! both_engines {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -386,6 +498,7 @@ both_engines!(
     manual_and_automatic_tags,
     groups_in_use_are_not_deleted,
     users_and_api_keys,
+    scripts_and_their_results,
 );
 
 #[tokio::test]
