@@ -210,7 +210,9 @@ impl Region {
     }
 
     pub(crate) fn is_stopping(&self) -> bool {
-        self.inner.stopping.load(std::sync::atomic::Ordering::SeqCst)
+        self.inner
+            .stopping
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// A receiver that sees a new value after each change this process
