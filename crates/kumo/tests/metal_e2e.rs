@@ -605,8 +605,11 @@ fn print_breakdown(h: &Lab, host: &str, raw: &RawRun, m: &RawBounds, os_boot: Re
             "disk boot and cloud-init first boot",
             at("fetched its local-disk script"),
             at("→ deployed"),
-            os_boot.clone().ok(),
-            "systemd-analyze on the deployed machine: kernel and userspace until its boot jobs are done".to_owned(),
+            os_boot.clone().ok().map(|os| m.to_kernel.as_secs_f64() + os),
+            format!(
+                "in that VM reset, sanboot and GRUB until the kernel starts, {:.1} s; then systemd-analyze on the deployed machine: kernel and userspace until its boot jobs are done",
+                m.to_kernel.as_secs_f64()
+            ),
         ),
     ];
     eprintln!("deployment of {host}: seconds per phase, kumo's beside the raw steps' lower bound");

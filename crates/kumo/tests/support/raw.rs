@@ -47,6 +47,11 @@ pub struct RawBounds {
     /// Re-read the partition table, mount the root, write the four seed
     /// files, unmount.
     pub seed: Duration,
+    /// After a reset, iPXE asks for its script again and gets kumo's
+    /// local-disk one (`sanboot`) → the written kernel starts: BIOS disk
+    /// boot, GRUB loading the kernel and initramfs. (systemd-analyze on
+    /// the deployed machine counts from the kernel's start.)
+    pub to_kernel: Duration,
 }
 
 /// How the raw machines are made, and what they boot and write.
@@ -254,6 +259,25 @@ impl RawSetup<'_> {
         if f.get(1) != Some(&"0") || up(4).is_nan() {
             fail(&format!("the raw write failed: {line:?}"));
         }
+
+        // The disk boot: reset, and iPXE's second script is a sanboot.
+        server.add(
+            "/boot.ipxe",
+            "#!ipxe\nsanboot --no-describe --drive 0x80\n".to_owned(),
+        );
+        let from = console.text().len();
+        console.send("reboot -f\n");
+        let sanboot = server
+            .wait_for_nth("/boot.ipxe", 2, Duration::from_secs(120))
+            .unwrap_or_else(|| fail("iPXE did not ask for a script after the reset"));
+        let (linux, _) = console
+            .wait_for("Linux version", from, Duration::from_secs(120))
+            .unwrap_or_else(|| fail("the written kernel did not start"));
+        // Enough of its messages to date its start by.
+        std::thread::sleep(Duration::from_secs(3));
+        let kernel = console
+            .kernel_start(linux)
+            .unwrap_or_else(|| fail("no timestamped kernel messages"));
         drop(qemu);
         let pcap = std::fs::read(p("pcap")).unwrap();
         let dhcp = dhcp_exchange(&pcap)
@@ -263,6 +287,7 @@ impl RawSetup<'_> {
             to_agent: agent - ipxe,
             image_write: Duration::from_secs_f64(up(3) - up(2)),
             seed: Duration::from_secs_f64(up(4) - up(3)),
+            to_kernel: kernel.saturating_duration_since(sanboot),
         }
     }
 }
@@ -395,10 +420,15 @@ impl FileServer {
 
     /// When `path` was first asked for, waiting up to `limit`.
     fn wait_for(&self, path: &str, limit: Duration) -> Option<Instant> {
+        self.wait_for_nth(path, 1, limit)
+    }
+
+    /// When `path` was asked for the `n`th time.
+    fn wait_for_nth(&self, path: &str, n: usize, limit: Duration) -> Option<Instant> {
         let start = Instant::now();
         while start.elapsed() < limit {
             let hits = self.hits.lock().unwrap();
-            if let Some((_, at)) = hits.iter().find(|(p, _)| p == path) {
+            if let Some((_, at)) = hits.iter().filter(|(p, _)| p == path).nth(n - 1) {
                 return Some(*at);
             }
             drop(hits);
@@ -525,6 +555,32 @@ impl Console {
             std::thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+
+    /// When the kernel whose messages start at byte `from` started: each
+    /// `[  seconds]` line arrived no sooner than that many seconds after
+    /// it, and a serial console prints at once, so the earliest arrival
+    /// less its timestamp.
+    fn kernel_start(&self, from: usize) -> Option<Instant> {
+        let s = self.seen.lock().unwrap();
+        let mut at = from;
+        let mut start: Option<Instant> = None;
+        for line in s.text[from..].split_inclusive('\n') {
+            at += line.len();
+            let stamp = line
+                .trim_start_matches(|c: char| !c.is_ascii_graphic())
+                .strip_prefix('[')
+                .and_then(|l| l.split_once(']'))
+                .and_then(|(t, _)| t.trim().parse::<f64>().ok());
+            let arrived = s.arrivals.iter().find(|(e, _)| *e >= at).map(|(_, t)| *t);
+            let began = stamp
+                .zip(arrived)
+                .and_then(|(t, a)| a.checked_sub(Duration::from_secs_f64(t)));
+            if let Some(b) = began {
+                start = Some(start.map_or(b, |s| s.min(b)));
+            }
+        }
+        start
     }
 
     fn send(&self, line: &str) {
