@@ -8,7 +8,9 @@
 //! this process. iPXE loads kumo's ephemeral kernel and initramfs from it
 //! (the agent exits at once: its command line names no region) and, on
 //! the console shell, `wget | zstd -dc | dd` writes the deployed image
-//! and a seed is written as the agent would.
+//! and a seed is written as the agent would. Then it resets, iPXE gets a
+//! `sanboot` script like kumo's local-disk one, and GRUB starts the
+//! written kernel.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
