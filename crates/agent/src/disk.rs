@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use kumo_model::inventory::Disk;
 use kumo_model::EraseMode;
@@ -49,19 +50,56 @@ pub struct Written {
     /// Bytes now on disk, of which `zeroed` were written as zero ranges.
     pub raw: u64,
     pub zeroed: u64,
+    pub time: Timings,
 }
 
-/// A reader that hashes what passes through it.
+/// Where the writer's time went, so a slow deployment says whether the
+/// network, zstd, SHA-256 or the disk held it up.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Timings {
+    /// Blocked on the compressed stream (for the agent: the download).
+    pub waiting: Duration,
+    pub decompressing: Duration,
+    pub hashing: Duration,
+    /// Looking for all-zero blocks.
+    pub scanning: Duration,
+    /// Writes, zero ranges and flushes.
+    pub writing: Duration,
+}
+
+impl std::fmt::Display for Timings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "waiting for data {:.1} s, decompressing {:.1} s, sha256 {:.1} s, \
+             finding zeros {:.1} s, writing and flushing {:.1} s",
+            self.waiting.as_secs_f64(),
+            self.decompressing.as_secs_f64(),
+            self.hashing.as_secs_f64(),
+            self.scanning.as_secs_f64(),
+            self.writing.as_secs_f64()
+        )
+    }
+}
+
+/// A reader that hashes what passes through it, timing its source and
+/// the hashing.
 struct Hashing<R> {
     inner: R,
     hasher: Sha256,
     count: u64,
+    waiting: Duration,
+    hashing: Duration,
 }
 
 impl<R: Read> Read for Hashing<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let t = Instant::now();
         let n = self.inner.read(buf)?;
+        let read = Instant::now();
         self.hasher.update(&buf[..n]);
+        self.hashing += read.elapsed();
+        self.waiting += read - t;
         self.count += n as u64;
         Ok(n)
     }
@@ -71,7 +109,8 @@ impl<R: Read> Read for Hashing<R> {
 /// Runs of zero blocks become zero-range requests (a fast "write zeroes"
 /// on disks that support it, plain writes of zeros on those that don't),
 /// so the whole disk region the image covers is written either way.
-/// `progress` is told the raw bytes written so far.
+/// `progress` is told the raw bytes written so far; the result says
+/// where the time went.
 pub fn write_image(
     compressed: impl Read,
     target: &mut File,
@@ -82,7 +121,10 @@ pub fn write_image(
         inner: compressed,
         hasher: Sha256::new(),
         count: 0,
+        waiting: Duration::ZERO,
+        hashing: Duration::ZERO,
     };
+    let mut time = Timings::default();
     let mut decoder = zstd::stream::read::Decoder::new(&mut input)
         .map_err(|e| AgentError::Image(format!("starting to decompress the image: {e}")))?;
     target
@@ -92,14 +134,21 @@ pub fn write_image(
     let (mut raw, mut zeroed) = (0u64, 0u64);
     let mut zero_run: Option<(u64, u64)> = None;
     loop {
+        let t = Instant::now();
         let n = read_full(&mut decoder, &mut buf).map_err(|e| {
             AgentError::Image(format!("decompressing the image at byte {raw}: {e}"))
         })?;
+        // Reading the decoder ran the source and the hashing too.
+        time.decompressing += t.elapsed();
         if n == 0 {
             break;
         }
         let block = &buf[..n];
-        if block.iter().all(|&b| b == 0) {
+        let t = Instant::now();
+        let zeros = block.iter().all(|&b| b == 0);
+        let scanned = Instant::now();
+        time.scanning += scanned - t;
+        if zeros {
             let run = zero_run.get_or_insert((raw, 0));
             run.1 += n as u64;
         } else {
@@ -121,19 +170,28 @@ pub fn write_image(
         if raw % SYNC_EVERY < n as u64 {
             target.sync_data().map_err(io(target_path, "syncing"))?;
         }
+        time.writing += scanned.elapsed();
         progress(raw);
     }
+    let t = Instant::now();
     if let Some((at, len)) = zero_run.take() {
         zero_range(target, target_path, at, len)?;
         zeroed += len;
     }
     drop(decoder);
     target.sync_all().map_err(io(target_path, "syncing"))?;
+    time.writing += t.elapsed();
+    time.waiting = input.waiting;
+    time.hashing = input.hashing;
+    time.decompressing = time
+        .decompressing
+        .saturating_sub(input.waiting + input.hashing);
     Ok(Written {
         compressed: input.count,
         sha256: hex(&input.hasher.finalize()),
         raw,
         zeroed,
+        time,
     })
 }
 
@@ -319,6 +377,32 @@ mod tests {
         assert!(
             disk[raw.len()..].iter().all(|&b| b == 0xAA),
             "beyond the image nothing changes"
+        );
+    }
+
+    /// A source that sleeps before each read, like a slow network.
+    struct Slow<'a>(&'a [u8]);
+
+    impl Read for Slow<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            std::thread::sleep(Duration::from_millis(10));
+            self.0.read(buf)
+        }
+    }
+
+    #[test]
+    fn time_blocked_on_the_source_counts_as_waiting_not_decompressing() {
+        let compressed = zstd::encode_all(&vec![3u8; 2 * BLOCK][..], 3).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        let mut f = File::create(&path).unwrap();
+        let w = write_image(Slow(&compressed[..]), &mut f, &path, |_| {}).unwrap();
+        // At least one read with data and one that finds the end.
+        assert!(w.time.waiting >= Duration::from_millis(20), "{w:?}");
+        assert!(
+            w.time.to_string().contains("waiting for data"),
+            "{}",
+            w.time
         );
     }
 

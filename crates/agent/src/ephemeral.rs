@@ -375,11 +375,12 @@ async fn deploy(client: &Client, metadata_url: &str, root: &Path) -> Result<Outc
         ReportEvent::Progress,
         None,
         &format!(
-            "image {} written to {} and verified: {} MiB in {took:.1} s ({} MiB as zero ranges)",
+            "image {} written to {} and verified: {} MiB in {took:.1} s ({} MiB as zero ranges; {})",
             d.image,
             disk.name,
             w.raw >> 20,
-            w.zeroed >> 20
+            w.zeroed >> 20,
+            w.time
         ),
     )
     .await?;

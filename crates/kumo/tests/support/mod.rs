@@ -5,6 +5,8 @@
 
 #![allow(dead_code)] // each suite uses its own part
 
+pub mod raw;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
