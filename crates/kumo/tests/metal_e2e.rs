@@ -495,17 +495,7 @@ fn two_qemu_machines_enlist_commission_deploy_answer_ssh_and_release() {
             .as_str()
             .expect("a static address")
             .to_owned();
-        let out = h
-            .on_rack("ssh")
-            .args(["-i", key.to_str().unwrap()])
-            .args([
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-            ])
-            .args(["-o", "ConnectTimeout=10", "-o", "BatchMode=yes"])
-            .arg(format!("debian@{ip}"))
+        let out = ssh(&h, &key, &ip)
             .arg("hostname; ip -4 -o addr show")
             .output()
             .unwrap();
@@ -685,6 +675,18 @@ fn print_breakdown(h: &Lab, host: &str, raw: &RawRun, m: &RawBounds, os_boot: Re
     }
 }
 
+/// `ssh debian@ip` from the rack's namespace with the test's key, asking
+/// nothing of a terminal; the caller adds the remote command.
+fn ssh(h: &Lab, key: &Path, ip: &str) -> Command {
+    let mut cmd = h.on_rack("ssh");
+    cmd.args(["-i", key.to_str().unwrap()])
+        .args(["-o", "StrictHostKeyChecking=no"])
+        .args(["-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"])
+        .args(["-o", "ConnectTimeout=10", "-o", "BatchMode=yes"])
+        .arg(format!("debian@{ip}"));
+    cmd
+}
+
 /// How long the deployed OS took to boot, kernel and userspace, as its
 /// systemd measured it. Asked until its boot jobs are done: cloud-init's
 /// last stage runs on for a while after it reports the machine up. As
@@ -692,19 +694,7 @@ fn print_breakdown(h: &Lab, host: &str, raw: &RawRun, m: &RawBounds, os_boot: Re
 fn os_boot_seconds(h: &Lab, key: &Path, ip: &str) -> Result<f64, String> {
     let start = Instant::now();
     loop {
-        let out = h
-            .on_rack("ssh")
-            .args(["-i", key.to_str().unwrap()])
-            .args([
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "LogLevel=ERROR",
-            ])
-            .args(["-o", "ConnectTimeout=10", "-o", "BatchMode=yes"])
-            .arg(format!("debian@{ip}"))
+        let out = ssh(h, key, ip)
             .arg("sudo -n systemd-analyze 2>&1 || sudo -n systemctl list-jobs --no-pager 2>&1")
             .output()
             .unwrap();
