@@ -317,10 +317,6 @@ fn raw_script(base: &str) -> String {
     )
 }
 
-/// A QEMU and its pid file, both gone on drop (the file too, so the
-/// lab's clean-up never signals a process that reused the pid).
-struct KillOnDrop(Child, PathBuf);
-
 /// How long iPXE's DHCP took in a pcap file QEMU's `filter-dump` wrote:
 /// from the first packet to port 67 to the last from port 67 before any
 /// TCP (the script's download). Its clock is the VM's, which runs at
@@ -358,6 +354,10 @@ fn dhcp_exchange(pcap: &[u8]) -> Option<Duration> {
     }
     last?.checked_sub(first?)
 }
+
+/// A QEMU and its pid file, both gone on drop (the file too, so the
+/// lab's clean-up never signals a process that reused the pid).
+struct KillOnDrop(Child, PathBuf);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
