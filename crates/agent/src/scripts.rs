@@ -397,13 +397,21 @@ mod tests {
             .trim()
             .parse()
             .unwrap();
-        // Killed, it is gone or a zombie until init reaps it.
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let state = stat.rsplit_once(") ").map(|(_, rest)| &rest[..1]);
-        assert!(
-            matches!(state, None | Some("Z") | Some("X")),
-            "the background sleep was killed with the group: {stat}"
-        );
+        // Killed, it is gone or a zombie until init reaps it. SIGKILL is
+        // delivered when the process next runs, so allow it a moment.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat.rsplit_once(") ").map(|(_, rest)| &rest[..1]);
+            if matches!(state, None | Some("Z") | Some("X")) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the background sleep was killed with the group: {stat}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 
     #[tokio::test]
