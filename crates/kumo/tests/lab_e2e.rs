@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
-use support::{require, wait_until};
+use support::{require, stdout_of_success, wait_until};
 
 const BRIDGE: &str = "kltest0";
 const TAP: &str = "kltest0t1";
@@ -58,14 +58,7 @@ impl TestLab {
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.kumo(args);
-        assert!(
-            out.status.success(),
-            "kumo {args:?} failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        stdout_of_success(args, self.kumo(args))
     }
 
     fn json(&self, args: &[&str]) -> Value {

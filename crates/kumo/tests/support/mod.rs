@@ -7,6 +7,18 @@
 
 pub mod raw;
 
+/// The stdout of a `kumo` run that must succeed; else fails the test with
+/// both of its outputs.
+pub fn stdout_of_success(args: &[&str], out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "kumo {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -169,14 +181,7 @@ impl Lab {
     }
 
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.kumo(args);
-        assert!(
-            out.status.success(),
-            "kumo {args:?} failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        stdout_of_success(args, self.kumo(args))
     }
 
     pub fn json(&self, args: &[&str]) -> Value {
