@@ -11,6 +11,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("kumo-model", &[]),
     // Charms and bundles as data, and the pure deploy planner.
     ("kumo-charm", &[]),
+    // The unit agent's protocol and hook decisions, pure.
+    ("kumo-uniter", &[]),
     // Edges: talk to the outside world, know nothing of the region.
     ("kumo-power", &[]),
     // Protocol cores with their thin socket shells.
