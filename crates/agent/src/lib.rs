@@ -9,6 +9,7 @@
 pub mod disk;
 pub mod ephemeral;
 pub mod inventory;
+pub mod machine;
 pub mod scripts;
 
 pub use ephemeral::{BootParams, Outcome};
@@ -22,6 +23,8 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    #[error("agent config {0}")]
+    Config(String),
     #[error("kernel command line: {0}")]
     Cmdline(String),
     #[error("metadata api")]

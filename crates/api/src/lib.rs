@@ -5,6 +5,7 @@
 //! encode. Every failure is a JSON body `{"error": {"code", "message",
 //! "field"?, "allowed_actions"?}}` whose `code` is stable.
 
+pub mod controller;
 mod error;
 
 use std::future::Future;
@@ -121,6 +122,18 @@ fn default_limit() -> i64 {
 }
 
 pub fn router(region: Region) -> Router {
+    router_with(region, None)
+}
+
+/// The region's routes and, when the region hosts the controller, the
+/// orchestration routes (`kumo bootstrap` in the region process).
+pub fn router_with(region: Region, controller: Option<kumo_controller::Controller>) -> Router {
+    let orchestration = controller.map(|c| {
+        controller::routes(controller::Ctl {
+            region: region.clone(),
+            controller: c,
+        })
+    });
     let api = Router::new()
         .route("/version", get(version))
         .route("/whoami", get(whoami))
@@ -237,7 +250,7 @@ pub fn router(region: Region) -> Router {
                 .layer(axum::extract::DefaultBodyLimit::max(SCRIPT_BODY_LIMIT)),
         )
         .route("/enlist", post(enlist));
-    Router::new()
+    let region_routes = Router::new()
         .nest("/api/v1", api)
         .nest("/metadata/v1", metadata)
         .route("/metrics", get(metrics))
@@ -254,7 +267,11 @@ pub fn router(region: Region) -> Router {
             count_requests,
         ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
-        .with_state(region)
+        .with_state(region);
+    match orchestration {
+        Some(o) => o.merge(region_routes),
+        None => region_routes,
+    }
 }
 
 async fn count_requests(State(region): State<Region>, req: Request, next: Next) -> Response {
@@ -750,7 +767,16 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(region))
+    serve_with(region, None, listener, shutdown).await
+}
+
+pub async fn serve_with(
+    region: Region,
+    controller: Option<kumo_controller::Controller>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router_with(region, controller))
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -118,7 +118,7 @@ pub fn validate(bundle: &Bundle, charms: &dyn CharmSource) -> Result<Resolved> {
         else {
             continue; // unknown charm, reported above
         };
-        match resolve(a, ca, b, cb) {
+        match resolve_relation(a, ca, b, cb) {
             Ok(r) => {
                 relations.insert(r);
             }
@@ -187,7 +187,10 @@ fn endpoint_list(charm: &Charm) -> String {
     names.join(", ")
 }
 
-fn resolve(
+/// Resolves one relation between two applications' charms: the endpoints
+/// named, or the one pair whose interfaces match; an ambiguous pair is an
+/// error listing the candidates.
+pub fn resolve_relation(
     a: &RelationEnd,
     ca: &Charm,
     b: &RelationEnd,

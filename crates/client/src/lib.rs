@@ -112,6 +112,50 @@ impl Client {
         self.request(Method::PUT, path, Some(body)).await
     }
 
+    /// Posts raw bytes (a charm archive) and decodes the JSON answer.
+    pub async fn post_bytes<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        bytes: Vec<u8>,
+    ) -> Result<T, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self
+            .http
+            .post(&url)
+            .header(reqwest::header::CONTENT_TYPE, "application/x-tar")
+            .body(bytes);
+        if let Some(k) = &self.key {
+            req = req.bearer_auth(k);
+        }
+        let resp = req.send().await.map_err(|source| ClientError::Transport {
+            url: url.clone(),
+            source,
+        })?;
+        decode(url, resp).await
+    }
+
+    /// A text answer (an exported bundle).
+    pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self.http.get(&url);
+        if let Some(k) = &self.key {
+            req = req.bearer_auth(k);
+        }
+        let resp = req.send().await.map_err(|source| ClientError::Transport {
+            url: url.clone(),
+            source,
+        })?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(|source| ClientError::Transport {
+            url: url.clone(),
+            source,
+        })?;
+        if status.is_success() {
+            return Ok(text);
+        }
+        Err(api_error(url, status, text))
+    }
+
     /// The rack configuration, long-polled: with `known` (the tag held
     /// now), waits up to `wait_secs` for it to change and returns `None` if
     /// it did not. Returns the new tag with the configuration.

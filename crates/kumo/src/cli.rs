@@ -246,6 +246,19 @@ pub enum AgentCommand {
     /// command line (kumo.purpose, kumo.metadata_url, kumo.token, BOOTIF),
     /// enlist or commission this machine through the rack, then power off.
     Ephemeral(AgentEphemeralArgs),
+    /// Run a model machine's agent (the systemd service kumo installs):
+    /// long-poll the controller and run each unit's charm hooks.
+    Machine(AgentMachineArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AgentMachineArgs {
+    /// The controller URL, model, machine and token.
+    #[arg(long, default_value = "/etc/kumo/agent.json")]
+    pub config: PathBuf,
+    /// Where charms, hook tool sockets and logs are kept.
+    #[arg(long, default_value = "/var/lib/kumo/agent")]
+    pub data_dir: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -365,6 +378,10 @@ pub struct ServeArgs {
     /// rack's `http://10.248.0.1:8000/`.
     #[arg(long)]
     pub package_proxy: Option<String>,
+    /// Where container machines' root filesystem is cached
+    /// [default: <data dir>/cache/containers].
+    #[arg(long, env = "KUMO_CONTAINERS_CACHE")]
+    pub containers_cache: Option<PathBuf>,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     pub log_json: bool,

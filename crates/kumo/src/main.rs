@@ -17,6 +17,15 @@ use anyhow::{Context, Result};
 use clap::Parser;
 
 fn main() {
+    // Hook tools (`relation-get`, …) are this binary under another name.
+    if let Some(tool) = std::env::args_os()
+        .next()
+        .and_then(|a| std::path::Path::new(&a).file_name().map(|f| f.to_string_lossy().into_owned()))
+        .filter(|t| kumo_uniter::tools::TOOLS.contains(&t.as_str()))
+    {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        std::process::exit(kumo_agent::machine::hook_tool(&tool, &args));
+    }
     let args = cli::Cli::parse();
     let result = prepare(&args).and_then(|()| {
         tokio::runtime::Builder::new_multi_thread()
@@ -61,6 +70,9 @@ async fn run(args: cli::Cli) -> Result<()> {
         cli::Command::Agent {
             command: cli::AgentCommand::Ephemeral(a),
         } => agent_ephemeral(a).await,
+        cli::Command::Agent {
+            command: cli::AgentCommand::Machine(a),
+        } => agent_machine(a).await,
         cli::Command::Lab { command } => lab::run(command, args.format).await,
         cmd => cli::run_client_command(cmd, args.profile.as_deref(), args.format).await,
     }
@@ -125,6 +137,20 @@ async fn build_disk_image(
         let image = cli_deploy::upload_image(&c, &m, None).await?;
         output::emit(format, &vec![image], |i| cli_deploy::image_table(i))?;
     }
+    Ok(())
+}
+
+async fn agent_machine(a: cli::AgentMachineArgs) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KUMO_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
+    let config = kumo_agent::machine::AgentConfig::load(&a.config)?;
+    kumo_agent::machine::run(config, a.data_dir).await?;
     Ok(())
 }
 

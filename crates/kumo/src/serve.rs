@@ -140,10 +140,28 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
     let region = Region::open(&database, &dir.join("secret.key"), config)
         .await
         .with_context(|| format!("opening the region database {database}"))?;
+    // The controller lives in the region process (`kumo bootstrap`).
+    let provider = kumo_controller::provider::ContainersProvider::new(
+        dir.join("containers"),
+        a.containers_cache
+            .clone()
+            .unwrap_or_else(|| dir.join("cache/containers")),
+        std::env::current_exe().context("finding this kumo binary")?,
+    );
+    let controller = kumo_controller::Controller::open(
+        region.store().clone(),
+        kumo_controller::ControllerConfig::new(dir.clone()),
+        std::sync::Arc::new(kumo_region::SystemClock),
+        std::sync::Arc::new(kumo_region::OsEntropy),
+        std::sync::Arc::new(provider),
+    )
+    .await
+    .context("loading the controller's models")?;
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let provisioner = tokio::spawn(controller.clone().run_provisioner(stop_rx.clone()));
     let workers = region.spawn_workers(stop_rx);
     tracing::info!(%listen, data_dir = %dir.display(), engine = ?region.store().engine(), "region serving");
     let stopping = region.clone();
@@ -151,11 +169,12 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
         stop_signal().await;
         stopping.begin_shutdown();
     };
-    kumo_api::serve(region.clone(), listener, shutdown)
+    kumo_api::serve_with(region.clone(), Some(controller), listener, shutdown)
         .await
         .context("serving the API")?;
     let _ = stop_tx.send(true);
     let _ = workers.await;
+    let _ = provisioner.await;
     region.store().close().await;
     tracing::info!("region stopped");
     Ok(())

@@ -16,6 +16,7 @@ pub mod inventory;
 pub mod lifecycle;
 pub mod machine;
 pub mod network;
+pub mod orchestra;
 pub mod scripts;
 pub mod tags;
 

@@ -1646,3 +1646,141 @@ fn json_body<T: serde::de::DeserializeOwned>(
         source,
     })
 }
+
+// ---- orchestration ---------------------------------------------------------
+// The controller keeps each model as JSON documents keyed by (model, kind,
+// key) — the model itself, its units, machines, actions — and writes all
+// documents one change touches, with its log lines, in one transaction.
+
+/// A stored model document.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelDoc {
+    pub model: String,
+    pub kind: String,
+    pub key: String,
+    pub body: String,
+}
+
+/// One line of a model's log (`kumo debug-log`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ModelLog {
+    pub id: i64,
+    pub entity: String,
+    pub at: Millis,
+    pub level: String,
+    pub message: String,
+}
+
+/// Documents to write (`Some` body) or delete (`None`), and log lines, for
+/// one model in one transaction.
+#[derive(Debug, Default)]
+pub struct ModelWrite {
+    pub docs: Vec<(String, String, Option<String>)>,
+    pub logs: Vec<(String, Millis, String, String)>,
+}
+
+impl Store {
+    pub async fn write_model(&self, model: &str, w: &ModelWrite) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for (kind, key, body) in &w.docs {
+            match body {
+                Some(body) => {
+                    q("INSERT INTO model_docs (model, kind, key, body) VALUES ($1, $2, $3, $4) \
+                       ON CONFLICT (model, kind, key) DO UPDATE SET body = excluded.body")
+                    .bind(model.to_owned())
+                    .bind(kind.clone())
+                    .bind(key.clone())
+                    .bind(body.clone())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                None => {
+                    q("DELETE FROM model_docs WHERE model = $1 AND kind = $2 AND key = $3")
+                        .bind(model.to_owned())
+                        .bind(kind.clone())
+                        .bind(key.clone())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+        }
+        for (entity, at, level, message) in &w.logs {
+            q("INSERT INTO model_logs (model, entity, at, level, message) VALUES ($1, $2, $3, $4, $5)")
+                .bind(model.to_owned())
+                .bind(entity.clone())
+                .bind(*at)
+                .bind(level.clone())
+                .bind(message.clone())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every model document, for a controller starting up.
+    pub async fn model_docs(&self) -> Result<Vec<ModelDoc>, StoreError> {
+        let rows = q("SELECT model, kind, key, body FROM model_docs ORDER BY model, kind, key")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| ModelDoc {
+                model: r.get(0),
+                kind: r.get(1),
+                key: r.get(2),
+                body: r.get(3),
+            })
+            .collect())
+    }
+
+    /// Forgets a model: its documents and its log.
+    pub async fn delete_model(&self, model: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        q("DELETE FROM model_docs WHERE model = $1")
+            .bind(model.to_owned())
+            .execute(&mut *tx)
+            .await?;
+        q("DELETE FROM model_logs WHERE model = $1")
+            .bind(model.to_owned())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Log lines after `after` (an id), oldest first, at most `limit`.
+    pub async fn model_logs(
+        &self,
+        model: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<ModelLog>, StoreError> {
+        let rows = q("SELECT id, entity, at, level, message FROM model_logs \
+                      WHERE model = $1 AND id > $2 ORDER BY id LIMIT $3")
+        .bind(model.to_owned())
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| ModelLog {
+                id: r.get(0),
+                entity: r.get(1),
+                at: r.get(2),
+                level: r.get(3),
+                message: r.get(4),
+            })
+            .collect())
+    }
+
+    /// The id of the newest log line of a model (0 when none).
+    pub async fn last_model_log(&self, model: &str) -> Result<i64, StoreError> {
+        let row = q("SELECT MAX(id) FROM model_logs WHERE model = $1")
+            .bind(model.to_owned())
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<Option<i64>, _>(0).ok().flatten().unwrap_or(0))
+    }
+}

@@ -140,4 +140,26 @@ CREATE TABLE script_results (
 );
 "#,
     ),
+    (
+        5,
+        "orchestration: models as documents, and their logs",
+        r#"
+CREATE TABLE model_docs (
+    model TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (model, kind, key)
+);
+CREATE TABLE model_logs (
+    id {serial},
+    model TEXT NOT NULL,
+    entity TEXT NOT NULL,
+    at BIGINT NOT NULL,
+    level TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX model_logs_model ON model_logs (model, id);
+"#,
+    ),
 ];

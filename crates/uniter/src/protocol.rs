@@ -70,6 +70,10 @@ pub struct ActionRequest {
     pub id: u64,
     pub name: String,
     pub params: BTreeMap<String, serde_json::Value>,
+    /// `kumo exec`: a shell command run in a hook context instead of a
+    /// charm action.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
 }
 
 /// Everything the agent needs to decide and run the unit's next hook.

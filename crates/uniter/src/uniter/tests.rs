@@ -184,6 +184,7 @@ fn actions_run_once_in_order() {
             id,
             name: format!("a{id}"),
             params: Default::default(),
+            command: None,
         });
     }
     assert_eq!(settle(&v, &mut s), ["a3", "a5"]);

@@ -1,0 +1,902 @@
+//! The orchestration controller: Juju's job, in the region process.
+//!
+//! Models (applications, units, machines, relations, actions) live in
+//! memory and in the store as documents; every change is written before
+//! it becomes visible (`commit_model`), so a restarted controller resumes
+//! from the store. Machine agents long-poll their machine's `MachineView`
+//! and answer each hook with a `HookCommit`; the uniter's state lives
+//! here, changed only by commits. The provisioner makes pending machines
+//! through a `Provider` and is idempotent: it resumes after a restart.
+
+pub mod docs;
+mod error;
+pub mod model;
+pub mod provider;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use kumo_charm::Charm;
+use kumo_model::orchestra as api;
+use kumo_region::{Clock, Entropy};
+use kumo_store::{ModelWrite, Store};
+use kumo_uniter::{CommitAck, HookCommit, Level, MachineView};
+use sha2::{Digest, Sha256};
+use tokio::sync::{watch, Mutex, Notify};
+
+pub use docs::ProviderKind;
+pub use error::{ControllerError, Result};
+pub use model::{Charms, Model, Placement};
+pub use provider::{AgentConfig, Provider, ProvisionRequest};
+
+use docs::*;
+use error::{invalid, not_found};
+
+pub struct ControllerConfig {
+    /// Charm archives and their unpacked trees (`<dir>/charms/`).
+    pub data_dir: PathBuf,
+    /// Seconds between update-status hooks.
+    pub update_status_interval: u64,
+    /// How long an agent's poll waits for a change.
+    pub poll_timeout: Duration,
+}
+
+impl ControllerConfig {
+    pub fn new(data_dir: PathBuf) -> ControllerConfig {
+        ControllerConfig {
+            data_dir,
+            update_status_interval: 300,
+            poll_timeout: Duration::from_secs(50),
+        }
+    }
+}
+
+const BOOTSTRAP_MODEL: &str = "";
+
+/// The controller service. Cheap to clone.
+#[derive(Clone)]
+pub struct Controller {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    clock: Arc<dyn Clock>,
+    entropy: Arc<dyn Entropy>,
+    config: ControllerConfig,
+    models: Mutex<BTreeMap<String, Model>>,
+    charms: RwLock<BTreeMap<String, Charm>>,
+    bootstrap: RwLock<Option<api::Bootstrap>>,
+    changed: watch::Sender<u64>,
+    provider: Arc<dyn Provider>,
+    provision: Notify,
+}
+
+struct CharmMap<'a>(std::sync::RwLockReadGuard<'a, BTreeMap<String, Charm>>);
+
+impl Charms for CharmMap<'_> {
+    fn get(&self, sha256: &str) -> Option<&Charm> {
+        self.0.get(sha256)
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Controller {
+    /// Loads every model and charm the store and data directory hold.
+    pub async fn open(
+        store: Store,
+        config: ControllerConfig,
+        clock: Arc<dyn Clock>,
+        entropy: Arc<dyn Entropy>,
+        provider: Arc<dyn Provider>,
+    ) -> Result<Controller> {
+        let charms_dir = config.data_dir.join("charms");
+        std::fs::create_dir_all(&charms_dir).map_err(|source| ControllerError::Io {
+            path: charms_dir.clone(),
+            source,
+        })?;
+        let mut charms = BTreeMap::new();
+        for entry in std::fs::read_dir(&charms_dir).map_err(|source| ControllerError::Io {
+            path: charms_dir.clone(),
+            source,
+        })? {
+            let Ok(entry) = entry else { continue };
+            let path = entry.path();
+            if path.is_dir() {
+                match Charm::load_dir(&path) {
+                    Ok(c) => {
+                        let sha = entry.file_name().to_string_lossy().into_owned();
+                        charms.insert(sha, c);
+                    }
+                    Err(e) => tracing::warn!("skipping stored charm {}: {e}", path.display()),
+                }
+            }
+        }
+        let mut models: BTreeMap<String, Model> = BTreeMap::new();
+        let mut bootstrap = None;
+        let docs = store.model_docs().await?;
+        let corrupt = |d: &kumo_store::ModelDoc, e: serde_json::Error| {
+            ControllerError::Conflict(format!("stored {} {} of model {}: {e}", d.kind, d.key, d.model))
+        };
+        for d in docs.iter().filter(|d| d.kind == "model") {
+            if d.model == BOOTSTRAP_MODEL {
+                bootstrap = Some(serde_json::from_str(&d.body).map_err(|e| corrupt(d, e))?);
+                continue;
+            }
+            let doc: ModelDoc = serde_json::from_str(&d.body).map_err(|e| corrupt(d, e))?;
+            let mut m = Model::new(doc);
+            m.dirty = Default::default();
+            models.insert(d.model.clone(), m);
+        }
+        for d in docs.iter().filter(|d| d.kind != "model") {
+            let Some(m) = models.get_mut(&d.model) else { continue };
+            match d.kind.as_str() {
+                "machine" => {
+                    m.machines.insert(d.key.clone(), serde_json::from_str(&d.body).map_err(|e| corrupt(d, e))?);
+                }
+                "unit" => {
+                    m.units.insert(d.key.clone(), serde_json::from_str(&d.body).map_err(|e| corrupt(d, e))?);
+                }
+                "action" => {
+                    let a: ActionDoc = serde_json::from_str(&d.body).map_err(|e| corrupt(d, e))?;
+                    m.actions.insert(a.id, a);
+                }
+                _ => {}
+            }
+        }
+        let (changed, _) = watch::channel(0);
+        Ok(Controller {
+            inner: Arc::new(Inner {
+                store,
+                clock,
+                entropy,
+                config,
+                models: Mutex::new(models),
+                charms: RwLock::new(charms),
+                bootstrap: RwLock::new(bootstrap),
+                changed,
+                provider,
+                provision: Notify::new(),
+            }),
+        })
+    }
+
+    fn now(&self) -> i64 {
+        self.inner.clock.now()
+    }
+
+    fn charms(&self) -> CharmMap<'_> {
+        CharmMap(self.inner.charms.read().expect("charms lock"))
+    }
+
+    /// Writes what a change touched, then wakes agents' polls. On a failed
+    /// write the model is reloaded from the store, so memory never holds
+    /// what the store does not.
+    async fn commit_model(&self, m: &mut Model) -> Result<()> {
+        let dirty = std::mem::take(&mut m.dirty);
+        if dirty.is_empty() {
+            return Ok(());
+        }
+        let name = m.doc.name.clone();
+        let mut w = ModelWrite::default();
+        if dirty.model {
+            w.docs.push(("model".into(), String::new(), Some(serde_json::to_string(&m.doc).expect("doc"))));
+        }
+        for id in &dirty.machines {
+            w.docs.push(("machine".into(), id.clone(), m.machines.get(id).map(|x| serde_json::to_string(x).expect("doc"))));
+        }
+        for id in &dirty.units {
+            w.docs.push(("unit".into(), id.clone(), m.units.get(id).map(|x| serde_json::to_string(x).expect("doc"))));
+        }
+        for id in &dirty.actions {
+            w.docs.push(("action".into(), id.to_string(), m.actions.get(id).map(|x| serde_json::to_string(x).expect("doc"))));
+        }
+        let now = self.now();
+        for (entity, level, message) in &dirty.logs {
+            let level = serde_json::to_value(level).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+            w.logs.push((entity.clone(), now, level, message.clone()));
+        }
+        if let Err(e) = self.inner.store.write_model(&name, &w).await {
+            tracing::error!("writing model {name}: {e}; reloading it from the store");
+            if let Ok(fresh) = self.reload_model(&name).await {
+                *m = fresh;
+            }
+            return Err(e.into());
+        }
+        self.inner.changed.send_modify(|v| *v += 1);
+        Ok(())
+    }
+
+    async fn reload_model(&self, name: &str) -> Result<Model> {
+        let docs = self.inner.store.model_docs().await?;
+        let mut model: Option<Model> = None;
+        for d in docs.iter().filter(|d| d.model == name) {
+            let parse = |e| ControllerError::Conflict(format!("stored {} {}: {e}", d.kind, d.key));
+            match d.kind.as_str() {
+                "model" => {
+                    let mut m = Model::new(serde_json::from_str(&d.body).map_err(parse)?);
+                    m.dirty = Default::default();
+                    model = Some(m);
+                }
+                "machine" => {
+                    if let Some(m) = model.as_mut() {
+                        m.machines.insert(d.key.clone(), serde_json::from_str(&d.body).map_err(parse)?);
+                    }
+                }
+                "unit" => {
+                    if let Some(m) = model.as_mut() {
+                        m.units.insert(d.key.clone(), serde_json::from_str(&d.body).map_err(parse)?);
+                    }
+                }
+                "action" => {
+                    if let Some(m) = model.as_mut() {
+                        let a: ActionDoc = serde_json::from_str(&d.body).map_err(parse)?;
+                        m.actions.insert(a.id, a);
+                    }
+                }
+                _ => {}
+            }
+        }
+        model.ok_or_else(|| not_found("model", name))
+    }
+
+    /// Runs `f` on a model and commits what it changed.
+    async fn with_model<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut Model, &dyn Charms, i64) -> Result<T>,
+    ) -> Result<T> {
+        let mut models = self.inner.models.lock().await;
+        let m = models.get_mut(name).ok_or_else(|| not_found("model", name))?;
+        let out = {
+            let charms = self.charms();
+            f(m, &charms, self.now())
+        };
+        match out {
+            Ok(v) => {
+                self.commit_model(m).await?;
+                Ok(v)
+            }
+            Err(e) => {
+                // A refused request changes nothing: drop partial edits.
+                if !m.dirty.is_empty() {
+                    let fresh = self.reload_model(name).await?;
+                    *m = fresh;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn read_model<T>(&self, name: &str, f: impl FnOnce(&Model, &dyn Charms, i64) -> Result<T>) -> Result<T> {
+        let models = self.inner.models.lock().await;
+        let m = models.get(name).ok_or_else(|| not_found("model", name))?;
+        let charms = self.charms();
+        f(m, &charms, self.now())
+    }
+
+    // ---- controller and models ----------------------------------------------
+
+    pub async fn bootstrap(&self, b: api::Bootstrap) -> Result<()> {
+        provider::parse_range(&b.address_range).map_err(|m| invalid("address_range", m))?;
+        if !b.agent_url.starts_with("http://") && !b.agent_url.starts_with("https://") {
+            return Err(invalid("agent_url", format!("{:?} is not an http(s) URL", b.agent_url)));
+        }
+        let w = ModelWrite {
+            docs: vec![("model".into(), String::new(), Some(serde_json::to_string(&b).expect("bootstrap")))],
+            logs: vec![],
+        };
+        self.inner.store.write_model(BOOTSTRAP_MODEL, &w).await?;
+        *self.inner.bootstrap.write().expect("lock") = Some(b);
+        if !self.inner.models.lock().await.contains_key("default") {
+            self.add_model("default", None).await?;
+        }
+        Ok(())
+    }
+
+    pub fn bootstrap_config(&self) -> Option<api::Bootstrap> {
+        self.inner.bootstrap.read().expect("lock").clone()
+    }
+
+    pub async fn add_model(&self, name: &str, provider: Option<&str>) -> Result<api::ModelInfo> {
+        if !kumo_charm::valid_name(name) {
+            return Err(invalid("name", format!("invalid model name {name:?}: lowercase letters, digits and hyphens")));
+        }
+        if self.bootstrap_config().is_none() {
+            return Err(ControllerError::NotBootstrapped);
+        }
+        let provider = match provider.unwrap_or("containers") {
+            "containers" => ProviderKind::Containers,
+            "manual" => ProviderKind::Manual,
+            other => return Err(invalid("provider", format!("unknown provider {other:?}: expected containers or manual"))),
+        };
+        let mut models = self.inner.models.lock().await;
+        if models.contains_key(name) {
+            return Err(ControllerError::AlreadyExists { what: "model", name: name.into() });
+        }
+        let mut m = Model::new(ModelDoc::new(name, provider, self.now()));
+        m.log("model", Level::Info, format!("model {name} added"));
+        self.commit_model(&mut m).await?;
+        let info = info(&m);
+        models.insert(name.to_string(), m);
+        Ok(info)
+    }
+
+    pub async fn models(&self) -> Vec<api::ModelInfo> {
+        self.inner.models.lock().await.values().map(info).collect()
+    }
+
+    /// Destroys a model's machines through the provider, then forgets it.
+    pub async fn destroy_model(&self, name: &str) -> Result<()> {
+        let machines: Vec<MachineDoc> = self.read_model(name, |m, _, _| Ok(m.machines.values().cloned().collect())).await?;
+        let kind = self.read_model(name, |m, _, _| Ok(m.doc.provider)).await?;
+        for mach in machines {
+            if let Some(instance) = &mach.instance {
+                self.inner
+                    .provider
+                    .destroy(kind, instance)
+                    .await
+                    .map_err(|e| ControllerError::Provider(format!("destroying machine {} ({instance}): {e}", mach.id)))?;
+            }
+        }
+        self.inner.store.delete_model(name).await?;
+        self.inner.models.lock().await.remove(name);
+        self.inner.changed.send_modify(|v| *v += 1);
+        Ok(())
+    }
+
+    // ---- charms ---------------------------------------------------------------
+
+    /// Stores a charm archive (a tar of the charm directory) by SHA-256
+    /// and checks it is a charm before anything can deploy it.
+    pub fn upload_charm(&self, archive: &[u8]) -> Result<api::CharmUploaded> {
+        let sha = sha256_hex(archive);
+        if let Some(c) = self.inner.charms.read().expect("lock").get(&sha) {
+            return Ok(api::CharmUploaded { name: c.metadata.name.clone(), sha256: sha });
+        }
+        let dir = self.inner.config.data_dir.join("charms");
+        let tmp = dir.join(format!(".{sha}.tmp"));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ControllerError::Io { path, source }
+        };
+        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        let unpacked = tar::Archive::new(archive).unpack(&tmp);
+        if let Err(e) = unpacked {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(invalid("charm", format!("not a tar archive of a charm: {e}")));
+        }
+        let charm = match Charm::load_dir(&tmp) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(ControllerError::Charm(e));
+            }
+        };
+        std::fs::write(dir.join(format!("{sha}.tar")), archive).map_err(io(&dir))?;
+        let final_dir = dir.join(&sha);
+        let _ = std::fs::remove_dir_all(&final_dir);
+        std::fs::rename(&tmp, &final_dir).map_err(io(&final_dir))?;
+        let charm = Charm { dir: final_dir, ..charm };
+        let name = charm.metadata.name.clone();
+        self.inner.charms.write().expect("lock").insert(sha.clone(), charm);
+        Ok(api::CharmUploaded { name, sha256: sha })
+    }
+
+    pub fn charm_archive(&self, sha: &str) -> Result<PathBuf> {
+        if !sha.chars().all(|c| c.is_ascii_hexdigit()) || sha.len() != 64 {
+            return Err(not_found("charm", sha));
+        }
+        let path = self.inner.config.data_dir.join("charms").join(format!("{sha}.tar"));
+        if !path.exists() {
+            return Err(not_found("charm", sha));
+        }
+        Ok(path)
+    }
+
+    // ---- machines and applications --------------------------------------------
+
+    fn new_token(&self) -> (String, String) {
+        let mut raw = [0u8; 32];
+        self.inner.entropy.fill(&mut raw);
+        let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        let hash = sha256_hex(token.as_bytes());
+        (token, hash)
+    }
+
+    fn add_machine_in(&self, m: &mut Model, placement: Option<&str>, constraints: Option<String>) -> Result<String> {
+        let (_, hash) = self.new_token();
+        match placement {
+            None => m.add_machine(None, None, constraints, hash),
+            Some(p) if p.starts_with("lxd:") => {
+                let host = &p[4..];
+                m.add_machine(Some(host), None, constraints, hash)
+            }
+            Some(p) if p.starts_with("ssh:") => {
+                if m.doc.provider != ProviderKind::Manual && !p.contains('@') {
+                    return Err(invalid("placement", format!("{p}: expected ssh:user@host")));
+                }
+                m.add_machine(None, Some(p.to_string()), constraints, hash)
+            }
+            Some(p) => Err(invalid("placement", format!("unknown placement {p:?}: expected lxd:N or ssh:user@host"))),
+        }
+    }
+
+    pub async fn add_machines(&self, model: &str, req: &api::AddMachines) -> Result<Vec<String>> {
+        if req.count == 0 || req.count > 100 {
+            return Err(invalid("count", "between 1 and 100"));
+        }
+        let ids = self
+            .with_model(model, |m, _, _| {
+                (0..req.count)
+                    .map(|_| self.add_machine_in(m, req.placement.as_deref(), req.constraints.clone()))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .await?;
+        self.inner.provision.notify_one();
+        Ok(ids)
+    }
+
+    /// Places `count` new units of `app`: each on its `to` placement, or a
+    /// new machine.
+    fn place_units(&self, m: &mut Model, app: &str, count: u32, to: &[String]) -> Result<Vec<String>> {
+        let mut units = Vec::new();
+        for i in 0..count as usize {
+            let machine = match to.get(i) {
+                Some(t) => match m.check_placement(t)? {
+                    Placement::Existing(id) => id,
+                    Placement::NewContainer(host) => self.add_machine_in(m, Some(&format!("lxd:{host}")), None)?,
+                },
+                None => self.add_machine_in(m, None, None)?,
+            };
+            units.push(m.add_unit(app, &machine)?);
+        }
+        Ok(units)
+    }
+
+    pub async fn deploy(&self, model: &str, req: &api::Deploy) -> Result<Vec<String>> {
+        if req.num_units > 100 {
+            return Err(invalid("num_units", "at most 100"));
+        }
+        let units = self
+            .with_model(model, |m, charms, _| {
+                let charm = charms.get(&req.charm).ok_or_else(|| not_found("charm", &req.charm))?;
+                let name = req.application.clone().unwrap_or_else(|| charm.metadata.name.clone());
+                let config = model::typed_config(charm, &req.config)?;
+                // Placements are checked before anything is added.
+                for t in &req.to {
+                    m.check_placement(t)?;
+                }
+                m.deploy(&name, charm, &req.charm, config, req.constraints.clone())?;
+                self.place_units(m, &name, req.num_units, &req.to)
+            })
+            .await?;
+        self.inner.provision.notify_one();
+        Ok(units)
+    }
+
+    pub async fn add_units(&self, model: &str, app: &str, req: &api::AddUnits) -> Result<Vec<String>> {
+        if req.count == 0 || req.count > 100 {
+            return Err(invalid("count", "between 1 and 100"));
+        }
+        let units = self.with_model(model, |m, _, _| self.place_units(m, app, req.count, &req.to)).await?;
+        self.inner.provision.notify_one();
+        Ok(units)
+    }
+
+    pub async fn remove_unit(&self, model: &str, unit: &str) -> Result<()> {
+        self.with_model(model, |m, _, _| m.remove_unit(unit)).await
+    }
+
+    pub async fn remove_application(&self, model: &str, app: &str) -> Result<()> {
+        self.with_model(model, |m, _, _| m.remove_application(app)).await
+    }
+
+    pub async fn relate(&self, model: &str, req: &api::Relate) -> Result<u64> {
+        self.with_model(model, |m, charms, _| m.relate(charms, &req.a, &req.b)).await
+    }
+
+    pub async fn remove_relation(&self, model: &str, req: &api::Relate) -> Result<()> {
+        self.with_model(model, |m, charms, _| m.remove_relation(charms, &req.a, &req.b)).await
+    }
+
+    pub async fn set_config(&self, model: &str, app: &str, req: &api::SetConfig) -> Result<()> {
+        self.with_model(model, |m, charms, _| m.set_config(charms, app, &req.set, &req.reset)).await
+    }
+
+    pub async fn config(&self, model: &str, app: &str) -> Result<BTreeMap<String, api::ConfigEntry>> {
+        self.read_model(model, |m, charms, _| m.config_of(charms, app)).await
+    }
+
+    pub async fn expose(&self, model: &str, app: &str, exposed: bool) -> Result<()> {
+        self.with_model(model, |m, _, _| m.expose(app, exposed)).await
+    }
+
+    pub async fn resolve(&self, model: &str, unit: &str, retry: bool) -> Result<()> {
+        self.with_model(model, |m, _, _| m.resolve_unit(unit, retry)).await
+    }
+
+    pub async fn run_action(&self, model: &str, unit: &str, req: &api::RunAction) -> Result<u64> {
+        if req.name == "exec" {
+            return Err(invalid("name", "exec is kumo exec's; name a charm action"));
+        }
+        self.with_model(model, |m, _, now| m.enqueue_action(unit, &req.name, req.params.clone(), None, now)).await
+    }
+
+    /// `kumo exec`: one action per target unit (applications expand).
+    pub async fn exec(&self, model: &str, req: &api::Exec) -> Result<Vec<u64>> {
+        self.with_model(model, |m, _, now| {
+            let mut units = Vec::new();
+            for t in &req.targets {
+                if t.contains('/') {
+                    units.push(t.clone());
+                } else {
+                    let of_app: Vec<String> = m.units.values().filter(|u| &u.application == t).map(|u| u.name.clone()).collect();
+                    if of_app.is_empty() {
+                        return Err(not_found("application", t));
+                    }
+                    units.extend(of_app);
+                }
+            }
+            units
+                .iter()
+                .map(|u| m.enqueue_action(u, "exec", BTreeMap::new(), Some(req.command.clone()), now))
+                .collect()
+        })
+        .await
+    }
+
+    pub async fn action(&self, model: &str, id: u64) -> Result<api::ActionInfo> {
+        self.read_model(model, |m, _, _| m.action_info(id)).await
+    }
+
+    pub async fn status(&self, model: &str) -> Result<api::Status> {
+        self.read_model(model, |m, charms, now| Ok(m.status(charms, now))).await
+    }
+
+    pub async fn show_unit(&self, model: &str, unit: &str) -> Result<api::UnitDetail> {
+        self.read_model(model, |m, charms, now| m.unit_detail(charms, unit, now)).await
+    }
+
+    pub async fn logs(&self, model: &str, after: i64, limit: i64) -> Result<Vec<api::LogEntry>> {
+        self.read_model(model, |_, _, _| Ok(())).await?;
+        let after = if after < 0 {
+            // The last |after| lines.
+            (self.inner.store.last_model_log(model).await? + after).max(0)
+        } else {
+            after
+        };
+        Ok(self
+            .inner
+            .store
+            .model_logs(model, after, limit)
+            .await?
+            .into_iter()
+            .map(|l| api::LogEntry { id: l.id, entity: l.entity, at: l.at, level: l.level, message: l.message })
+            .collect())
+    }
+
+    /// A machine's address, for `kumo ssh`.
+    pub async fn machine_address(&self, model: &str, target: &str) -> Result<String> {
+        self.read_model(model, |m, _, _| {
+            let machine = if target.contains('/') && !target.contains("/lxd/") {
+                m.units.get(target).map(|u| u.machine.clone()).ok_or_else(|| not_found("unit", target))?
+            } else {
+                target.to_string()
+            };
+            m.machines
+                .get(&machine)
+                .ok_or_else(|| not_found("machine", &machine))?
+                .address
+                .clone()
+                .ok_or_else(|| ControllerError::Conflict(format!("machine {machine} has no address yet")))
+        })
+        .await
+    }
+
+    // ---- bundles ----------------------------------------------------------------
+
+    fn bundle_charms(&self, req: &api::BundleRequest) -> Result<BTreeMap<String, Charm>> {
+        let charms = self.inner.charms.read().expect("lock");
+        let mut out = BTreeMap::new();
+        for (name, sha) in &req.charms {
+            let c = charms.get(sha).ok_or_else(|| not_found("charm", sha))?;
+            out.insert(name.clone(), c.clone());
+        }
+        Ok(out)
+    }
+
+    /// `kumo deploy bundle.yaml` and `kumo plan`: the steps that make the
+    /// model match, applied unless `dry_run`. A second run plans nothing.
+    pub async fn deploy_bundle(&self, model: &str, req: &api::BundleRequest) -> Result<api::BundlePlan> {
+        let bundle = kumo_charm::Bundle::parse(&req.file, &req.text).map_err(ControllerError::Bundle)?;
+        let by_name = self.bundle_charms(req)?;
+        let plan = self
+            .with_model(model, |m, _, _| {
+                let steps = kumo_charm::plan(&m.bundle_state(), &bundle, &by_name).map_err(ControllerError::Bundle)?;
+                if !req.dry_run {
+                    for step in &steps {
+                        self.apply_step(m, step, &req.charms, &by_name)?;
+                    }
+                }
+                Ok(steps.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            })
+            .await?;
+        self.inner.provision.notify_one();
+        Ok(api::BundlePlan { steps: plan, applied: !req.dry_run })
+    }
+
+    fn apply_step(
+        &self,
+        m: &mut Model,
+        step: &kumo_charm::Step,
+        shas: &BTreeMap<String, String>,
+        charms: &BTreeMap<String, Charm>,
+    ) -> Result<()> {
+        use kumo_charm::Step;
+        match step {
+            Step::AddMachine { id, spec, .. } => {
+                let got = self.add_machine_in(m, None, spec.constraints.clone())?;
+                if &got != id {
+                    return Err(ControllerError::Conflict(format!("bundle planned machine {id}, model made {got}")));
+                }
+            }
+            Step::AddContainer { id, host, .. } => {
+                let got = self.add_machine_in(m, Some(&format!("lxd:{host}")), None)?;
+                if &got != id {
+                    return Err(ControllerError::Conflict(format!("bundle planned container {id}, model made {got}")));
+                }
+            }
+            Step::Deploy { application, charm, config, constraints, expose, .. } => {
+                let c = charms.get(charm).ok_or_else(|| not_found("charm", charm))?;
+                let sha = &shas[charm];
+                let config = config.iter().map(|(k, v)| (k.clone(), model_json(v))).collect();
+                m.deploy(application, c, sha, config, constraints.clone())?;
+                if *expose {
+                    m.expose(application, true)?;
+                }
+            }
+            Step::SetConfig { application, config } => {
+                let a = m.doc.applications.get_mut(application).ok_or_else(|| not_found("application", application))?;
+                a.config.extend(config.iter().map(|(k, v)| (k.clone(), model_json(v))));
+                m.dirty.model = true;
+            }
+            Step::SetConstraints { application, constraints } => {
+                let a = m.doc.applications.get_mut(application).ok_or_else(|| not_found("application", application))?;
+                a.constraints = Some(constraints.clone());
+                m.dirty.model = true;
+            }
+            Step::Expose { application } => m.expose(application, true)?,
+            Step::AddUnit { application, machine, .. } => {
+                m.add_unit(application, machine)?;
+            }
+            Step::Relate(r) => {
+                let [(a, ae), (b, be)] = &r.ends;
+                let charms_by_sha: BTreeMap<String, Charm> = charms.iter().map(|(n, c)| (shas[n].clone(), c.clone())).collect();
+                m.relate(&charms_by_sha, &format!("{a}:{ae}"), &format!("{b}:{be}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn diff_bundle(&self, model: &str, req: &api::BundleRequest) -> Result<Vec<String>> {
+        let bundle = kumo_charm::Bundle::parse(&req.file, &req.text).map_err(ControllerError::Bundle)?;
+        let by_name = self.bundle_charms(req)?;
+        self.read_model(model, |m, _, _| {
+            Ok(kumo_charm::diff(&m.bundle_state(), &bundle, &by_name)
+                .map_err(ControllerError::Bundle)?
+                .iter()
+                .map(|d| d.to_string())
+                .collect())
+        })
+        .await
+    }
+
+    pub async fn export_bundle(&self, model: &str) -> Result<String> {
+        self.read_model(model, |m, _, _| Ok(kumo_charm::export(&m.bundle_state()).render())).await
+    }
+
+    // ---- agents -----------------------------------------------------------------
+
+    fn check_token(m: &Model, machine: &str, token: &str) -> Result<()> {
+        let mach = m.machines.get(machine).ok_or_else(|| ControllerError::Unauthorized(machine.to_string()))?;
+        if sha256_hex(token.as_bytes()) != mach.token_hash {
+            return Err(ControllerError::Unauthorized(machine.to_string()));
+        }
+        Ok(())
+    }
+
+    /// An agent's long poll: returns at once when its view differs from
+    /// `since`, else when it changes or the poll times out.
+    pub async fn agent_view(&self, model: &str, machine: &str, token: &str, since: Option<&str>) -> Result<MachineView> {
+        let mut rx = self.inner.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + self.inner.config.poll_timeout;
+        loop {
+            let view = {
+                let mut models = self.inner.models.lock().await;
+                let m = models.get_mut(model).ok_or_else(|| not_found("model", model))?;
+                Self::check_token(m, machine, token)?;
+                let now = self.now();
+                m.seen.insert(machine.to_string(), now);
+                let first = m.machines.get(machine).is_some_and(|x| x.agent_seen.is_none() || x.state != MachineState::Started);
+                if first {
+                    let x = m.machines.get_mut(machine).expect("checked");
+                    x.agent_seen = Some(now);
+                    x.state = MachineState::Started;
+                    x.message.clear();
+                    m.dirty.machines.insert(machine.to_string());
+                    m.log(&machine_entity(machine), Level::Info, "agent started");
+                    self.commit_model(m).await?;
+                }
+                let charms = self.charms();
+                m.machine_view(&charms, machine, self.inner.config.update_status_interval)
+            };
+            if since != Some(view.tag.as_str()) {
+                return Ok(view);
+            }
+            rx.borrow_and_update();
+            tokio::select! {
+                r = rx.changed() => { if r.is_err() { return Ok(view); } }
+                _ = tokio::time::sleep_until(deadline) => return Ok(view),
+            }
+        }
+    }
+
+    pub async fn agent_commit(&self, model: &str, machine: &str, token: &str, commit: &HookCommit) -> Result<CommitAck> {
+        let (state, state_version) = self
+            .with_model(model, |m, _, now| {
+                Self::check_token(m, machine, token)?;
+                m.commit(machine, commit, now)
+            })
+            .await?;
+        Ok(CommitAck { state, state_version })
+    }
+
+    /// The agent says a unit started a hook (status shows "executing").
+    pub async fn agent_running(&self, model: &str, machine: &str, token: &str, unit: &str, hook: &str) -> Result<()> {
+        let mut models = self.inner.models.lock().await;
+        let m = models.get_mut(model).ok_or_else(|| not_found("model", model))?;
+        Self::check_token(m, machine, token)?;
+        m.running.insert(unit.to_string(), hook.to_string());
+        Ok(())
+    }
+
+    pub async fn agent_charm(&self, model: &str, machine: &str, token: &str, sha: &str) -> Result<PathBuf> {
+        self.read_model(model, |m, _, _| Self::check_token(m, machine, token)).await?;
+        self.charm_archive(sha)
+    }
+
+    // ---- provisioner ------------------------------------------------------------
+
+    /// Makes pending machines and retries failed ones, until `stop`.
+    pub async fn run_provisioner(self, mut stop: watch::Receiver<bool>) {
+        loop {
+            if let Err(e) = self.provision_pending().await {
+                tracing::warn!("provisioner: {e}");
+            }
+            tokio::select! {
+                _ = self.inner.provision.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// One pass: every machine not yet made gets an address and an agent
+    /// token and is handed to the provider (which is idempotent).
+    pub async fn provision_pending(&self) -> Result<()> {
+        let Some(boot) = self.bootstrap_config() else { return Ok(()) };
+        let work: Vec<(String, ProviderKind, MachineDoc)> = {
+            let models = self.inner.models.lock().await;
+            models
+                .values()
+                .flat_map(|m| {
+                    m.machines
+                        .values()
+                        .filter(|x| matches!(x.state, MachineState::Pending | MachineState::Error))
+                        .map(|x| (m.doc.name.clone(), m.doc.provider, x.clone()))
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        for (model, kind, mach) in work {
+            // A fresh token per attempt: only the hash is stored.
+            let (token, hash) = self.new_token();
+            let instance = provider::instance_name(&model, &mach.id);
+            let address = match kind {
+                ProviderKind::Containers => {
+                    let used: Vec<String> = {
+                        let models = self.inner.models.lock().await;
+                        models.values().flat_map(|m| m.machines.values().filter_map(|x| x.address.clone())).collect()
+                    };
+                    match mach.address.clone() {
+                        Some(a) => Some(a),
+                        None => Some(provider::pick_address(&boot.address_range, &used).map_err(|m| ControllerError::Provider(m))?),
+                    }
+                }
+                ProviderKind::Manual => None,
+            };
+            self.with_model(&model, |m, _, _| {
+                if let Some(x) = m.machines.get_mut(&mach.id) {
+                    x.state = MachineState::Provisioning;
+                    x.token_hash = hash.clone();
+                    x.address = address.clone();
+                    x.instance = Some(instance.clone());
+                    x.message = "provisioning".into();
+                    m.dirty.machines.insert(mach.id.clone());
+                }
+                Ok(())
+            })
+            .await?;
+            let req = ProvisionRequest {
+                kind,
+                instance: instance.clone(),
+                hostname: instance.clone(),
+                address: address.clone(),
+                placement: mach.placement.clone(),
+                agent: AgentConfig {
+                    controller_url: boot.agent_url.clone(),
+                    model: model.clone(),
+                    machine: mach.id.clone(),
+                    token,
+                },
+                bootstrap: boot.clone(),
+            };
+            tracing::info!(model, machine = mach.id, instance, "provisioning machine");
+            let result = self.inner.provider.provision(&req).await;
+            self.with_model(&model, |m, _, _| {
+                if let Some(x) = m.machines.get_mut(&mach.id) {
+                    match &result {
+                        Ok(addr) => {
+                            if x.state == MachineState::Provisioning {
+                                x.message = "waiting for the agent".into();
+                            }
+                            x.address = Some(addr.clone());
+                        }
+                        Err(e) => {
+                            x.state = MachineState::Error;
+                            x.message = e.clone();
+                        }
+                    }
+                    m.dirty.machines.insert(mach.id.clone());
+                    let (level, text) = match &result {
+                        Ok(_) => (Level::Info, format!("machine {} provisioned as {instance}", mach.id)),
+                        Err(e) => (Level::Error, format!("provisioning machine {} failed: {e}", mach.id)),
+                    };
+                    m.log(&machine_entity(&mach.id), level, text);
+                }
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+fn model_json(v: &kumo_charm::Value) -> serde_json::Value {
+    match v {
+        kumo_charm::Value::String(s) => serde_json::Value::String(s.clone()),
+        kumo_charm::Value::Int(i) => serde_json::json!(i),
+        kumo_charm::Value::Float(f) => serde_json::json!(f),
+        kumo_charm::Value::Boolean(b) => serde_json::Value::Bool(*b),
+    }
+}
+
+fn info(m: &Model) -> api::ModelInfo {
+    api::ModelInfo {
+        name: m.doc.name.clone(),
+        provider: match m.doc.provider {
+            ProviderKind::Containers => "containers".into(),
+            ProviderKind::Manual => "manual".into(),
+        },
+        machines: m.machines.len(),
+        applications: m.doc.applications.len(),
+        units: m.units.len(),
+    }
+}
