@@ -150,10 +150,16 @@ async fn unit_worker(shared: Arc<Shared>, unit: String, mut rx: watch::Receiver<
             }
             continue;
         };
-        let (state, version) = match &acked {
-            Some((s, v)) if *v > assigned.state_version => (s.clone(), *v),
-            _ => (assigned.state.clone(), assigned.state_version),
-        };
+        // After a commit, wait for a view that includes it: the next hook
+        // must see what the last one wrote (its own leader settings, say),
+        // not the model as it was before.
+        if acked.as_ref().is_some_and(|(_, v)| *v > assigned.state_version) {
+            if rx.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let (state, version) = (assigned.state.clone(), assigned.state_version);
         let op = next(&assigned.view, &state);
         let hook = match op {
             Operation::Run(h) => Some((h, true)),

@@ -1,0 +1,318 @@
+//! Orchestration end to end, through the real binary, as root on this
+//! host: the region hosts the controller; `kumo deploy charms/bundle.yaml`
+//! makes two systemd-nspawn container machines on a bridge of the test's
+//! own (`kotest0`, 10.252.0.0/24), their agents install MariaDB and the
+//! web application from Debian's packages (through an apt-cacher-ng proxy
+//! on the bridge), relate them, and the application answers over HTTP with
+//! a row from the database. Then: a second deploy changes nothing,
+//! `add-unit` scales the application onto a new machine, an agent killed
+//! while a hook runs comes back and converges without completing a hook
+//! twice, and `remove-relation` leaves the application blocked.
+//!
+//! Skips unless root with systemd-nspawn, debootstrap and apt-cacher-ng
+//! (`bash scripts/deps-containers.sh`, `bash scripts/deps-rack.sh`).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{found, stdout_of_success};
+
+const BRIDGE: &str = "kotest0";
+const HOST_IP: &str = "10.252.0.1";
+const PROXY_PORT: u16 = 3143;
+
+struct Harness {
+    dir: tempfile::TempDir,
+    port: u16,
+    children: Vec<Child>,
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn sh(cmd: &str) -> Output {
+    Command::new("sh").args(["-c", cmd]).output().expect("sh")
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.dir.path().join("region.log")).unwrap_or_default();
+            eprintln!("--- last lines of region.log:");
+            for l in log.lines().rev().take(40).collect::<Vec<_>>().iter().rev() {
+                eprintln!("{l}");
+            }
+            let out = self.kumo(&["debug-log", "--no-tail", "--lines", "80"]);
+            eprintln!("--- debug-log:\n{}", String::from_utf8_lossy(&out.stdout));
+        }
+        // Containers are the model's machines: destroying it stops them.
+        let _ = self.kumo(&["destroy-model", "default", "--yes"]);
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Anything a failed destroy left behind.
+        let state = self.dir.path().join("data/containers");
+        if let Ok(entries) = std::fs::read_dir(&state) {
+            for e in entries.flatten() {
+                if let Ok(pid) = std::fs::read_to_string(e.path().join("nspawn.pid")) {
+                    let _ = sh(&format!("kill -9 {} 2>/dev/null", pid.trim()));
+                }
+            }
+        }
+        let _ = sh(&format!("ip link del {BRIDGE} 2>/dev/null"));
+    }
+}
+
+impl Harness {
+    fn kumo(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_kumo"))
+            .args(args)
+            .env("KUMO_DATA_DIR", self.dir.path().join("data"))
+            .env("KUMO_CONFIG_DIR", self.dir.path().join("config"))
+            .env_remove("KUMO_PROFILE")
+            .current_dir(repo())
+            .output()
+            .expect("run kumo")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        stdout_of_success(args, self.kumo(args))
+    }
+
+    fn status(&self) -> Value {
+        serde_json::from_str(&self.ok(&["status", "--format", "json"])).unwrap()
+    }
+
+    fn spawn(&mut self, program: &str, args: &[&str], log: &str) {
+        let log = std::fs::File::create(self.dir.path().join(log)).unwrap();
+        let child = Command::new(program)
+            .args(args)
+            .env("KUMO_DATA_DIR", self.dir.path().join("data"))
+            .env("KUMO_CONFIG_DIR", self.dir.path().join("config"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
+        self.children.push(child);
+    }
+
+    /// Waits for `f` on `kumo status`, printing each new summary line.
+    fn wait_status(&self, what: &str, secs: u64, f: impl Fn(&Value) -> bool) -> Duration {
+        let start = Instant::now();
+        let mut last = String::new();
+        loop {
+            let s = self.status();
+            let line = summary(&s);
+            if line != last {
+                eprintln!("[{:>6.1}s] {line}", start.elapsed().as_secs_f64());
+                last = line;
+            }
+            if f(&s) {
+                return start.elapsed();
+            }
+            assert!(start.elapsed() < Duration::from_secs(secs), "timed out after {secs} s waiting for {what}: {s:#}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+fn summary(s: &Value) -> String {
+    let mut parts = vec![];
+    if let Some(m) = s["machines"].as_object() {
+        for (id, m) in m {
+            parts.push(format!("machine {id} {}/{}", m["state"].as_str().unwrap_or(""), m["agent"].as_str().unwrap_or("")));
+        }
+    }
+    if let Some(u) = s["units"].as_object() {
+        for (name, u) in u {
+            parts.push(format!(
+                "{name} {} ({}) {}",
+                u["workload"].as_str().unwrap_or(""),
+                u["agent"].as_str().unwrap_or(""),
+                u["message"].as_str().unwrap_or("")
+            ));
+        }
+    }
+    parts.join("; ")
+}
+
+fn unit<'a>(s: &'a Value, name: &str) -> &'a Value {
+    &s["units"][name]
+}
+
+fn workload(s: &Value, name: &str) -> String {
+    unit(s, name)["workload"].as_str().unwrap_or("").to_string()
+}
+
+fn idle(s: &Value, name: &str) -> bool {
+    unit(s, name)["agent"].as_str() == Some("idle")
+}
+
+fn http_get(url: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-m", "10", "-w", "\n%{http_code}", url])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+fn count_log(h: &Harness, entity: &str, message: &str) -> usize {
+    let out = h.ok(&["debug-log", "--no-tail", "--lines", "100000", "--include", entity]);
+    out.lines().filter(|l| l.contains(message)).count()
+}
+
+fn skip_reason() -> Option<String> {
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("needs root".into());
+    }
+    for (cmd, script) in [
+        ("systemd-nspawn", "deps-containers.sh"),
+        ("debootstrap", "deps-containers.sh"),
+        ("apt-cacher-ng", "deps-rack.sh"),
+        ("curl", "deps-rack.sh"),
+    ] {
+        if !found(cmd) && !Path::new(&format!("/usr/sbin/{cmd}")).exists() {
+            return Some(format!("{cmd} not found: run bash scripts/{script}"));
+        }
+    }
+    None
+}
+
+#[test]
+fn a_bundle_of_mariadb_and_a_web_app_on_container_machines() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipping: {why}");
+        return;
+    }
+    let _ = sh(&format!("ip link del {BRIDGE} 2>/dev/null"));
+    let out = sh(&format!("ip link add {BRIDGE} type bridge && ip addr add {HOST_IP}/24 dev {BRIDGE} && ip link set {BRIDGE} up"));
+    assert!(out.status.success(), "making {BRIDGE}: {}", String::from_utf8_lossy(&out.stderr));
+    let port = {
+        let l = std::net::TcpListener::bind((HOST_IP, 0)).unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut h = Harness { dir: tempfile::tempdir().unwrap(), port, children: vec![] };
+    let listen = format!("{HOST_IP}:{}", h.port);
+
+    // The package proxy machines install through (as a rack runs one).
+    let proxy_dir = h.dir.path().join("proxy");
+    for d in ["cache", "log", "conf"] {
+        std::fs::create_dir_all(proxy_dir.join(d)).unwrap();
+    }
+    let _ = sh(&format!("chown -R apt-cacher-ng {} 2>/dev/null", proxy_dir.display()));
+    h.spawn(
+        "/usr/sbin/apt-cacher-ng",
+        &[
+            "-c",
+            "/etc/apt-cacher-ng",
+            "ForeGround=1",
+            &format!("Port={PROXY_PORT}"),
+            &format!("BindAddress={HOST_IP}"),
+            &format!("CacheDir={}", proxy_dir.join("cache").display()),
+            &format!("LogDir={}", proxy_dir.join("log").display()),
+            "PassThroughPattern=.*",
+            "ReportPage=",
+        ],
+        "proxy.log",
+    );
+
+    h.ok(&["init", "--listen", &listen, "--password", "correct-horse"]);
+    let cache = repo().join(".cache/containers");
+    let kumo = env!("CARGO_BIN_EXE_kumo").to_string();
+    h.spawn(&kumo, &["region", "serve", "--containers-cache", cache.to_str().unwrap()], "region.log");
+    support::wait_until("the region to answer", 30, || h.kumo(&["models"]).status.success() || h.kumo(&["whoami"]).status.success());
+
+    h.ok(&[
+        "bootstrap",
+        "--agent-url",
+        &format!("http://{listen}"),
+        "--bridge",
+        BRIDGE,
+        "--address-range",
+        "10.252.0.100-10.252.0.150",
+        "--prefix",
+        "24",
+        "--gateway",
+        HOST_IP,
+        "--apt-proxy",
+        &format!("http://{HOST_IP}:{PROXY_PORT}/"),
+    ]);
+
+    // Bad input is refused before anything changes.
+    let bad = h.kumo(&["deploy", "./charms/webapp", "broken", "--config", "port=eighty"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("port"), "{}", String::from_utf8_lossy(&bad.stderr));
+    assert!(h.status()["applications"].as_object().is_none_or(|a| a.is_empty()));
+
+    let plan = h.ok(&["plan", "charms/bundle.yaml"]);
+    eprintln!("{plan}");
+    assert!(plan.contains("deploy application mariadb"), "{plan}");
+    let started = Instant::now();
+    h.ok(&["deploy", "charms/bundle.yaml"]);
+    let deployed = h.wait_status("both applications active", 1500, |s| {
+        workload(s, "mariadb/0") == "active"
+            && workload(s, "webapp/0") == "active"
+            && idle(s, "mariadb/0")
+            && idle(s, "webapp/0")
+    });
+    eprintln!("bundle deployed and active in {:.1} s", deployed.as_secs_f64());
+    let s = h.status();
+    let web = unit(&s, "webapp/0")["address"].as_str().unwrap().to_string();
+    let (code, body) = http_get(&format!("http://{web}:8080/"));
+    assert_eq!((code, body.trim()), (200, "hello from mariadb"));
+
+    // Idempotent: nothing to do the second time.
+    let again = h.ok(&["deploy", "charms/bundle.yaml"]);
+    assert!(again.contains("nothing to do"), "{again}");
+
+    // Scale out onto a new machine.
+    h.ok(&["add-unit", "webapp"]);
+    let scaled = h.wait_status("webapp/1 active", 900, |s| workload(s, "webapp/1") == "active" && idle(s, "webapp/1"));
+    eprintln!("add-unit to active in {:.1} s", scaled.as_secs_f64());
+    let s = h.status();
+    let web1 = unit(&s, "webapp/1")["address"].as_str().unwrap().to_string();
+    assert_ne!(web, web1);
+    let (code, body) = http_get(&format!("http://{web1}:8080/"));
+    assert_eq!((code, body.trim()), (200, "hello from mariadb"));
+
+    // Kill webapp/0's agent while its config-changed hook runs.
+    let before = count_log(&h, "webapp/0", "ran config-changed hook");
+    h.ok(&["config", "webapp", "port=8081"]);
+    h.wait_status("webapp/0 running a hook", 120, |s| unit(s, "webapp/0")["agent"].as_str() == Some("executing"));
+    let machine = unit(&h.status(), "webapp/0")["machine"].as_str().unwrap().to_string();
+    let instance = h.status()["machines"][&machine]["instance"].as_str().unwrap().to_string();
+    let pid = std::fs::read_to_string(h.dir.path().join(format!("data/containers/{instance}/nspawn.pid"))).unwrap();
+    let out = sh(&format!(
+        "leader=$(pgrep -P {} | head -n1); nsenter -t $leader -a pkill -9 -f 'kumo agent machine'",
+        pid.trim()
+    ));
+    assert!(out.status.success(), "killing the agent: {}", String::from_utf8_lossy(&out.stderr));
+    h.wait_status("webapp/0 to converge after its agent was killed", 300, |s| {
+        workload(s, "webapp/0") == "active" && idle(s, "webapp/0") && unit(s, "webapp/0")["message"].as_str().unwrap_or("").contains("8081")
+    });
+    let (code, body) = http_get(&format!("http://{web}:8081/"));
+    assert_eq!((code, body.trim()), (200, "hello from mariadb"));
+    let after = count_log(&h, "webapp/0", "ran config-changed hook");
+    assert_eq!(after, before + 1, "config-changed completed exactly once more");
+
+    // Without the relation the application has no database: blocked.
+    h.ok(&["remove-relation", "webapp", "mariadb"]);
+    h.wait_status("webapp blocked", 300, |s| {
+        ["webapp/0", "webapp/1"].iter().all(|u| workload(s, u) == "blocked" && idle(s, u))
+    });
+    let s = h.status();
+    assert_eq!(unit(&s, "webapp/0")["message"], "needs a database relation");
+    let (code, _) = http_get(&format!("http://{web}:8081/"));
+    assert_ne!(code, 200);
+    eprintln!("whole suite: {:.1} s", started.elapsed().as_secs_f64());
+    let _ = Stdio::null();
+}
