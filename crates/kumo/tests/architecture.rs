@@ -13,6 +13,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("kumo-charm", &[]),
     // Edges: talk to the outside world, know nothing of the region.
     ("kumo-power", &[]),
+    // Container machines (systemd-nspawn) for the orchestration layer.
+    ("kumo-containers", &[]),
     // Protocol cores with their thin socket shells.
     ("kumo-dhcp", &[]),
     ("kumo-tftp", &[]),
@@ -51,6 +53,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "kumo-client",
             "kumo-rack",
             "kumo-agent",
+            "kumo-containers",
         ],
     ),
     (
