@@ -28,6 +28,7 @@ bash scripts/deps-dns.sh
 bash scripts/deps-rack.sh
 bash scripts/deps-agent.sh
 bash scripts/deps-images.sh
+bash scripts/deps-containers.sh
 
 step "postgresql"
 KUMO_TEST_PG_URL=$(bash scripts/pg-test-server.sh start)

@@ -15,6 +15,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("kumo-uniter", &[]),
     // Edges: talk to the outside world, know nothing of the region.
     ("kumo-power", &[]),
+    // Container machines (systemd-nspawn) for the orchestration layer.
+    ("kumo-containers", &[]),
     // Protocol cores with their thin socket shells.
     ("kumo-dhcp", &[]),
     ("kumo-tftp", &[]),
@@ -53,6 +55,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "kumo-client",
             "kumo-rack",
             "kumo-agent",
+            "kumo-containers",
         ],
     ),
     (
