@@ -24,10 +24,30 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("kumo-store", &["kumo-model"]),
     // Services.
     ("kumo-region", &["kumo-model", "kumo-store", "kumo-power"]),
+    // The orchestration controller: models in the store, charms and the
+    // uniter protocol, container machines; the region for auth and time.
+    (
+        "kumo-controller",
+        &[
+            "kumo-model",
+            "kumo-store",
+            "kumo-region",
+            "kumo-charm",
+            "kumo-uniter",
+            "kumo-containers",
+        ],
+    ),
     // Interfaces.
     (
         "kumo-api",
-        &["kumo-model", "kumo-region", "kumo-store", "kumo-power"],
+        &[
+            "kumo-model",
+            "kumo-region",
+            "kumo-store",
+            "kumo-power",
+            "kumo-controller",
+            "kumo-uniter",
+        ],
     ),
     ("kumo-client", &["kumo-model"]),
     // The rack service reaches the region only through its API client.
@@ -42,7 +62,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         ],
     ),
     // The machine-side agent, too, reaches the region only through the client.
-    ("kumo-agent", &["kumo-model", "kumo-client"]),
+    ("kumo-agent", &["kumo-model", "kumo-client", "kumo-uniter"]),
     // Binaries: anything.
     (
         "kumo",
@@ -56,6 +76,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "kumo-rack",
             "kumo-agent",
             "kumo-containers",
+            "kumo-controller",
+            "kumo-uniter",
+            "kumo-charm",
         ],
     ),
     (
