@@ -137,7 +137,13 @@ impl Controller {
             let Some(m) = models.get_mut(&d.model) else { continue };
             match d.kind.as_str() {
                 "machine" => {
-                    m.machines.insert(d.key.clone(), serde_json::from_str(&d.body).map_err(|e| corrupt(d, e))?);
+                    let mut x: MachineDoc = serde_json::from_str(&d.body).map_err(|e| corrupt(d, e))?;
+                    // A controller stopped mid-provisioning: the provider
+                    // is idempotent, so make the machine again.
+                    if x.state == MachineState::Provisioning && x.agent_seen.is_none() {
+                        x.state = MachineState::Pending;
+                    }
+                    m.machines.insert(d.key.clone(), x);
                 }
                 "unit" => {
                     m.units.insert(d.key.clone(), serde_json::from_str(&d.body).map_err(|e| corrupt(d, e))?);
