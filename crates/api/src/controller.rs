@@ -262,7 +262,7 @@ struct ViewQuery {
 }
 
 fn split_rest(rest: &str) -> Option<(&str, &str)> {
-    for verb in ["/view", "/commit", "/running", "/charms/"] {
+    for verb in ["/view", "/commit", "/running", "/secret", "/charms/"] {
         if let Some(i) = rest.find(verb) {
             return Some((&rest[..i], &rest[i + 1..]));
         }
@@ -299,6 +299,12 @@ async fn agent_get(
 }
 
 #[derive(Deserialize)]
+struct SecretRequest {
+    unit: String,
+    id: String,
+}
+
+#[derive(Deserialize)]
 struct Running {
     unit: String,
     hook: String,
@@ -316,6 +322,11 @@ async fn agent_post(
         "commit" => {
             let c: HookCommit = serde_json::from_slice(&body).map_err(bad)?;
             Ok(Json(s.controller.agent_commit(&m, machine, &t, &c).await?).into_response())
+        }
+        "secret" => {
+            let r: SecretRequest = serde_json::from_slice(&body).map_err(bad)?;
+            let value = s.controller.agent_secret(&m, machine, &t, &r.unit, &r.id).await?;
+            Ok(Json(serde_json::json!({ "value": value })).into_response())
         }
         "running" => {
             let r: Running = serde_json::from_slice(&body).map_err(bad)?;

@@ -28,6 +28,10 @@ pub struct ModelDoc {
     pub next_relation: u64,
     pub next_action: u64,
     pub created_at: i64,
+    /// Charm secrets by owning application and name, sealed with the
+    /// region's key: never stored or shown in clear.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl ModelDoc {
@@ -41,6 +45,7 @@ impl ModelDoc {
             next_relation: 1,
             next_action: 1,
             created_at: now,
+            secrets: BTreeMap::new(),
         }
     }
 }

@@ -72,6 +72,7 @@ struct Inner {
     changed: watch::Sender<u64>,
     provider: Arc<dyn Provider>,
     provision: Notify,
+    secrets: kumo_region::SecretBox,
 }
 
 struct CharmMap<'a>(std::sync::RwLockReadGuard<'a, BTreeMap<String, Charm>>);
@@ -94,6 +95,7 @@ impl Controller {
         clock: Arc<dyn Clock>,
         entropy: Arc<dyn Entropy>,
         provider: Arc<dyn Provider>,
+        secrets: kumo_region::SecretBox,
     ) -> Result<Controller> {
         let charms_dir = config.data_dir.join("charms");
         std::fs::create_dir_all(&charms_dir).map_err(|source| ControllerError::Io {
@@ -168,6 +170,7 @@ impl Controller {
                 changed,
                 provider,
                 provision: Notify::new(),
+                secrets,
             }),
         })
     }
@@ -771,6 +774,42 @@ impl Controller {
         Self::check_token(m, machine, token)?;
         m.running.insert(unit.to_string(), hook.to_string());
         Ok(())
+    }
+
+    /// `secret-get`: a charm secret in clear, for a hook of `unit` only.
+    /// A unit's own application's secret is made on first use: 24
+    /// characters from the injected entropy, sealed before it is stored.
+    pub async fn agent_secret(&self, model: &str, machine: &str, token: &str, unit: &str, id: &str) -> Result<String> {
+        let alphabet = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+        self.with_model(model, |m, _, _| {
+            Self::check_token(m, machine, token)?;
+            if m.units.get(unit).map(|u| u.machine.as_str()) != Some(machine) {
+                return Err(ControllerError::Unauthorized(machine.to_string()));
+            }
+            let (owner, name, may_create) = m.secret_access(unit, id)?;
+            if let Some(sealed) = m.doc.secrets.get(&owner).and_then(|s| s.get(&name)) {
+                let opened = self
+                    .inner
+                    .secrets
+                    .open(sealed)
+                    .map_err(|e| ControllerError::Conflict(format!("secret {owner}/{name}: {e}")))?;
+                return Ok(opened.get("value").and_then(|v| v.as_str()).unwrap_or_default().to_string());
+            }
+            if !may_create {
+                return Err(not_found("secret", &format!("{owner}/{name}")));
+            }
+            let mut raw = [0u8; 24];
+            self.inner.entropy.fill(&mut raw);
+            let value: String = raw.iter().map(|b| alphabet[*b as usize % alphabet.len()] as char).collect();
+            let mut map = serde_json::Map::new();
+            map.insert("value".into(), serde_json::Value::String(value.clone()));
+            let sealed = self.inner.secrets.seal(&map, self.inner.entropy.as_ref());
+            m.doc.secrets.entry(owner.clone()).or_default().insert(name.clone(), sealed);
+            m.dirty.model = true;
+            m.log(&unit_entity(unit), Level::Info, format!("secret {owner}/{name} created"));
+            Ok(value)
+        })
+        .await
     }
 
     pub async fn agent_charm(&self, model: &str, machine: &str, token: &str, sha: &str) -> Result<PathBuf> {

@@ -789,6 +789,36 @@ impl Model {
         Ok((c.state.clone(), version))
     }
 
+    /// Which secret `secret-get ID` of `unit` means: its own
+    /// application's `NAME`, or `APP/NAME` of an application it is related
+    /// to. Returns (owner, name, whether the unit may create it).
+    pub fn secret_access(&self, unit: &str, id: &str) -> Result<(String, String, bool)> {
+        let u = self.units.get(unit).ok_or_else(|| not_found("unit", unit))?;
+        let (owner, name) = match id.split_once('/') {
+            Some((o, n)) => (o.to_string(), n.to_string()),
+            None => (u.application.clone(), id.to_string()),
+        };
+        let valid = |s: &str| !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !valid(&owner) || !valid(&name) {
+            return Err(invalid("secret", format!("invalid secret id {id:?}: NAME or APP/NAME")));
+        }
+        if owner == u.application {
+            return Ok((owner, name, true));
+        }
+        let related = self
+            .doc
+            .relations
+            .values()
+            .any(|r| r.end_of(&u.application).is_some() && r.end_of(&owner).is_some());
+        if !related {
+            return Err(ControllerError::Unauthorized(format!(
+                "{} (unit {unit} may read secrets of related applications only, not {owner})",
+                u.machine
+            )));
+        }
+        Ok((owner, name, false))
+    }
+
     // ---- status ------------------------------------------------------------
 
     fn agent_status(&self, u: &UnitDoc, now: i64) -> (String, String) {

@@ -154,6 +154,8 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
         std::sync::Arc::new(kumo_region::SystemClock),
         std::sync::Arc::new(kumo_region::OsEntropy),
         std::sync::Arc::new(provider),
+        kumo_region::SecretBox::load_or_create(&dir.join("secret.key"), &kumo_region::OsEntropy)
+            .context("reading the region's secret key")?,
     )
     .await
     .context("loading the controller's models")?;
