@@ -25,7 +25,14 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // Interfaces.
     (
         "kumo-api",
-        &["kumo-model", "kumo-region", "kumo-store", "kumo-power"],
+        &[
+            "kumo-model",
+            "kumo-region",
+            "kumo-store",
+            "kumo-power",
+            "kumo-controller",
+            "kumo-uniter",
+        ],
     ),
     ("kumo-client", &["kumo-model"]),
     // The rack service reaches the region only through its API client.
@@ -40,7 +47,19 @@ const ALLOWED: &[(&str, &[&str])] = &[
         ],
     ),
     // The machine-side agent, too, reaches the region only through the client.
-    ("kumo-agent", &["kumo-model", "kumo-client"]),
+    ("kumo-agent", &["kumo-model", "kumo-client", "kumo-uniter"]),
+    // The orchestration controller: a service beside the region's.
+    (
+        "kumo-controller",
+        &[
+            "kumo-model",
+            "kumo-store",
+            "kumo-region",
+            "kumo-charm",
+            "kumo-uniter",
+            "kumo-containers",
+        ],
+    ),
     // Binaries: anything.
     (
         "kumo",
@@ -53,6 +72,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "kumo-client",
             "kumo-rack",
             "kumo-agent",
+            "kumo-uniter",
+            "kumo-charm",
+            "kumo-controller",
         ],
     ),
     (
