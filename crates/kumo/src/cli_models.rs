@@ -999,15 +999,16 @@ async fn bundle_request(c: &Client, file: &Path, dry_run: bool) -> Result<Bundle
         .unwrap_or(Path::new("."))
         .to_path_buf();
     let mut charms = BTreeMap::new();
+    // Charms written as paths, by application: the path and the charm's name.
+    let mut paths = BTreeMap::new();
     for (app, a) in &bundle.applications {
-        if charms.contains_key(&a.charm) {
-            continue;
-        }
         let written = a.charm.as_str();
-        let dir = if written.starts_with("./") || written.starts_with("../") {
+        let is_path =
+            written.starts_with("./") || written.starts_with("../") || written.starts_with('/');
+        let dir = if is_path {
             base.join(written)
-        } else if written.starts_with('/') {
-            PathBuf::from(written)
+        } else if charms.contains_key(written) {
+            continue;
         } else {
             let plain = written.strip_prefix("ch:").unwrap_or(written);
             find_charm(plain, &[base.clone(), base.join("../charms")])
@@ -1020,14 +1021,71 @@ async fn bundle_request(c: &Client, file: &Path, dry_run: bool) -> Result<Bundle
             );
         }
         let up = upload_charm(c, &dir).await?;
-        charms.insert(a.charm.clone(), up.sha256);
+        if is_path {
+            paths.insert(app.clone(), (written.to_owned(), up.name.clone()));
+            if let Some(other) = charms.get(&up.name).filter(|s| **s != up.sha256) {
+                bail!(
+                    "{name}: application {app}: {} is charm {}, and so is another directory the                      bundle names ({other:.12}); give them different names",
+                    dir.display(),
+                    up.name
+                );
+            }
+            charms.insert(up.name, up.sha256);
+        } else {
+            charms.insert(a.charm.clone(), up.sha256);
+        }
     }
+    // The model knows a charm by its name, not by where it was read from:
+    // a path becomes the charm's name, so deploying again plans nothing.
+    let text = match name_path_charms(&text, &bundle, &paths) {
+        Some(t) => t,
+        None => {
+            for (written, charm) in paths.values() {
+                charms.insert(written.clone(), charms[charm].clone());
+            }
+            text
+        }
+    };
     Ok(BundleRequest {
         file: name,
         text,
         charms,
         dry_run,
     })
+}
+
+/// `text` with each application's `charm: ./path` replaced by the charm's
+/// name on the same line (so errors keep their line numbers); `None` if a
+/// value is not where the bundle's spans say.
+fn name_path_charms(
+    text: &str,
+    bundle: &kumo_charm::Bundle,
+    paths: &BTreeMap<String, (String, String)>,
+) -> Option<String> {
+    let mut lines: Vec<String> = text.split_inclusive('\n').map(str::to_owned).collect();
+    for (app, (written, charm)) in paths {
+        let at = bundle.spans.locate(&format!("applications.{app}.charm"));
+        let line = lines.get_mut(at.line.checked_sub(1)?)?;
+        let start: usize = line
+            .chars()
+            .take(at.column.checked_sub(1)?)
+            .map(char::len_utf8)
+            .sum();
+        let rest = line.get(start..)?;
+        let colon = start + rest.find(':')? + 1;
+        let value = line[colon..].trim_start();
+        let from = line.len() - value.len();
+        let len = [
+            written.clone(),
+            format!("'{written}'"),
+            format!("\"{written}\""),
+        ]
+        .into_iter()
+        .find(|w| value.starts_with(w.as_str()))?
+        .len();
+        line.replace_range(from..from + len, charm);
+    }
+    Some(lines.concat())
 }
 
 async fn deploy_bundle(
@@ -1591,6 +1649,20 @@ mod tests {
         assert_eq!(config_file(&f, "web").unwrap()["port"], "82");
         std::fs::write(&f, "db:\n  port: 82\n").unwrap();
         assert!(config_file(&f, "web").is_err());
+    }
+
+    #[test]
+    fn path_charms_become_names_in_place() {
+        let text = "applications:\n  a:\n    charm: ./x/web # here\n  b: {charm: '../y/db', num_units: 1}\n";
+        let b = kumo_charm::Bundle::parse("b.yaml", text).unwrap();
+        let paths = BTreeMap::from([
+            ("a".to_string(), ("./x/web".to_string(), "web".to_string())),
+            ("b".to_string(), ("../y/db".to_string(), "db".to_string())),
+        ]);
+        assert_eq!(
+            name_path_charms(text, &b, &paths).unwrap(),
+            "applications:\n  a:\n    charm: web # here\n  b: {charm: db, num_units: 1}\n"
+        );
     }
 
     #[test]
