@@ -22,7 +22,8 @@ use serde_json::Value;
 use crate::config::Profiles;
 use crate::output::{emit, table, time, Format};
 
-/// The model a verb works on.
+// The model a verb works on (no doc comment: clap would take it as the
+// about text of a verb without one).
 #[derive(Args, Debug, Clone, Default)]
 pub struct ModelOpt {
     /// The model [default: the current one (`kumo switch`), else `default`].
@@ -147,6 +148,7 @@ pub enum ModelCommand {
         #[command(flatten)]
         m: ModelOpt,
     },
+    /// Close an exposed application's ports to the outside again.
     Unexpose {
         application: String,
         #[command(flatten)]
