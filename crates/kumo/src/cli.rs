@@ -169,6 +169,9 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::lab::LabCommand,
     },
+    /// Orchestration, as Juju has it: bootstrap, models, deploy, relate, status…
+    #[command(flatten)]
+    Models(crate::cli_models::ModelCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -797,7 +800,14 @@ pub async fn run_client_command(cmd: Command, profile: Option<&str>, format: For
                 .await
                 .context("checking the key with the region")?;
             let mut p = Profiles::load()?;
-            p.profiles.insert(profile.clone(), Profile { url, key });
+            p.profiles.insert(
+                profile.clone(),
+                Profile {
+                    url,
+                    key,
+                    model: None,
+                },
+            );
             p.current = Some(profile.clone());
             p.save()?;
             println!(
@@ -838,9 +848,10 @@ pub async fn run_client_command(cmd: Command, profile: Option<&str>, format: For
         }
         _ => {}
     }
-    let (_, prof) = Profiles::load()?.pick(profile)?;
+    let (prof_name, prof) = Profiles::load()?.pick(profile)?;
     let c = Client::new(&prof.url, Some(prof.key));
     match cmd {
+        Command::Models(command) => crate::cli_models::run(&c, format, &prof_name, command).await,
         Command::Whoami => {
             let me: Value = c.get("/api/v1/whoami").await?;
             emit(format, &me, |m| {

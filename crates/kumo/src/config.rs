@@ -65,6 +65,9 @@ pub struct Profiles {
 pub struct Profile {
     pub url: String,
     pub key: String,
+    /// The current model of `kumo switch` (orchestration verbs' default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 impl Profiles {

@@ -678,6 +678,7 @@ async fn ensure_profile(paths: &Paths, url: &str) -> Result<Client> {
         Profile {
             url: url.to_owned(),
             key: key.clone(),
+            model: None,
         },
     );
     profiles.current = Some(PROFILE.into());

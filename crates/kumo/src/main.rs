@@ -4,6 +4,7 @@
 
 mod cli;
 mod cli_deploy;
+mod cli_models;
 mod cli_net;
 mod cli_scripts;
 mod config;
@@ -20,7 +21,11 @@ fn main() {
     // Hook tools (`relation-get`, …) are this binary under another name.
     if let Some(tool) = std::env::args_os()
         .next()
-        .and_then(|a| std::path::Path::new(&a).file_name().map(|f| f.to_string_lossy().into_owned()))
+        .and_then(|a| {
+            std::path::Path::new(&a)
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+        })
         .filter(|t| kumo_uniter::tools::TOOLS.contains(&t.as_str()))
     {
         let args: Vec<String> = std::env::args().skip(1).collect();

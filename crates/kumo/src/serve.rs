@@ -80,6 +80,7 @@ pub async fn initialise(a: InitArgs) -> Result<PathBuf> {
             Profile {
                 url: url.clone(),
                 key: key.clone(),
+                model: None,
             },
         );
         profiles.current = Some(a.profile.clone());
