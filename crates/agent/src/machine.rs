@@ -41,7 +41,8 @@ impl AgentConfig {
             path: path.display().to_string(),
             source,
         })?;
-        serde_json::from_str(&text).map_err(|e| AgentError::Config(format!("{}: {e}", path.display())))
+        serde_json::from_str(&text)
+            .map_err(|e| AgentError::Config(format!("{}: {e}", path.display())))
     }
 }
 
@@ -75,13 +76,21 @@ pub async fn run(config: AgentConfig, data_dir: PathBuf) -> Result<(), AgentErro
     }
     let shared = Arc::new(Shared {
         client: Client::new(&config.controller_url, Some(config.token.clone())),
-        base: format!("/agent/v1/models/{}/machines/{}", config.model, config.machine),
+        base: format!(
+            "/agent/v1/models/{}/machines/{}",
+            config.model, config.machine
+        ),
         config: config.clone(),
         data_dir,
         tools_dir,
         hook_lock: Mutex::new(()),
     });
-    tracing::info!(model = config.model, machine = config.machine, controller = config.controller_url, "machine agent starting");
+    tracing::info!(
+        model = config.model,
+        machine = config.machine,
+        controller = config.controller_url,
+        "machine agent starting"
+    );
     let (tx, rx) = watch::channel::<Option<MachineView>>(None);
     let mut workers: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
     let mut tag: Option<String> = None;
@@ -107,7 +116,10 @@ pub async fn run(config: AgentConfig, data_dir: PathBuf) -> Result<(), AgentErro
                 let _ = tx.send(Some(view));
             }
             Err(e) => {
-                tracing::warn!("controller poll failed: {}; retrying in {backoff:?}", chain(&e));
+                tracing::warn!(
+                    "controller poll failed: {}; retrying in {backoff:?}",
+                    chain(&e)
+                );
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }
@@ -133,7 +145,11 @@ fn find_unit(view: &Option<MachineView>, unit: &str) -> Option<(AssignedUnit, u6
         .map(|u| (u.clone(), v.update_status_interval))
 }
 
-async fn unit_worker(shared: Arc<Shared>, unit: String, mut rx: watch::Receiver<Option<MachineView>>) {
+async fn unit_worker(
+    shared: Arc<Shared>,
+    unit: String,
+    mut rx: watch::Receiver<Option<MachineView>>,
+) {
     // The newest state this worker knows: from the view, or from the
     // controller's answer to its last commit (which may be newer).
     let mut acked: Option<(UniterState, u64)> = None;
@@ -153,7 +169,10 @@ async fn unit_worker(shared: Arc<Shared>, unit: String, mut rx: watch::Receiver<
         // After a commit, wait for a view that includes it: the next hook
         // must see what the last one wrote (its own leader settings, say),
         // not the model as it was before.
-        if acked.as_ref().is_some_and(|(_, v)| *v > assigned.state_version) {
+        if acked
+            .as_ref()
+            .is_some_and(|(_, v)| *v > assigned.state_version)
+        {
             if rx.changed().await.is_err() {
                 return;
             }
@@ -182,12 +201,20 @@ async fn unit_worker(shared: Arc<Shared>, unit: String, mut rx: watch::Receiver<
             }
             continue;
         };
-        let assigned = AssignedUnit { state, state_version: version, ..assigned };
+        let assigned = AssignedUnit {
+            state,
+            state_version: version,
+            ..assigned
+        };
         let commit = if execute {
             match run_hook(&shared, &assigned, &hook).await {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::error!(unit, hook = hook.name(), "could not run hook: {e}; retrying in 5 s");
+                    tracing::error!(
+                        unit,
+                        hook = hook.name(),
+                        "could not run hook: {e}; retrying in 5 s"
+                    );
                     tokio::time::sleep(Duration::from_secs(5)).await;
                     continue;
                 }
@@ -235,12 +262,18 @@ async fn send_commit(shared: &Shared, commit: &HookCommit) -> Option<CommitAck> 
     loop {
         match shared.client.post::<_, CommitAck>(&path, commit).await {
             Ok(ack) => return Some(ack),
-            Err(ClientError::Api { status, message, .. }) if status == 409 || status == 404 => {
+            Err(ClientError::Api {
+                status, message, ..
+            }) if status == 409 || status == 404 => {
                 tracing::warn!(unit = commit.unit, "commit refused: {message}");
                 return None;
             }
             Err(e) => {
-                tracing::warn!(unit = commit.unit, "commit failed: {}; retrying in {backoff:?}", chain(&e));
+                tracing::warn!(
+                    unit = commit.unit,
+                    "commit failed: {}; retrying in {backoff:?}",
+                    chain(&e)
+                );
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }
@@ -259,10 +292,16 @@ async fn ensure_charm(shared: &Shared, sha: &str) -> Result<PathBuf, String> {
         .download(&format!("{}/charms/{sha}", shared.base))
         .await
         .map_err(|e| format!("downloading charm {sha}: {}", chain(&e)))?;
-    let bytes = resp.bytes().await.map_err(|e| format!("downloading charm {sha}: {e}"))?;
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| format!("downloading charm {sha}: {e}"))?;
     let got: String = {
         use sha2::Digest;
-        sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
+        sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     };
     if got != sha {
         return Err(format!("charm {sha}: downloaded archive has SHA-256 {got}"));
@@ -284,11 +323,21 @@ struct ToolRequest {
 }
 
 /// Answers the hook's tool calls from its context until the hook ends.
-async fn serve_tools(listener: tokio::net::UnixListener, ctx: Arc<std::sync::Mutex<HookContext>>, charm_dir: PathBuf) {
+async fn serve_tools(
+    listener: tokio::net::UnixListener,
+    ctx: Arc<std::sync::Mutex<HookContext>>,
+    charm_dir: PathBuf,
+    client: Client,
+    base: String,
+) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { return };
+        let Ok((stream, _)) = listener.accept().await else {
+            return;
+        };
         let ctx = ctx.clone();
         let charm_dir = charm_dir.clone();
+        let client = client.clone();
+        let base = base.clone();
         tokio::spawn(async move {
             let (r, mut w) = stream.into_split();
             let mut line = String::new();
@@ -296,6 +345,10 @@ async fn serve_tools(listener: tokio::net::UnixListener, ctx: Arc<std::sync::Mut
                 return;
             }
             let out = match serde_json::from_str::<ToolRequest>(&line) {
+                Ok(req) if req.tool == "secret-get" => {
+                    let unit = ctx.lock().expect("context lock").view.unit.clone();
+                    secret_get(&client, &base, &unit, &req.args).await
+                }
                 Ok(req) => {
                     let read = |p: &str| -> Option<String> {
                         let path = charm_dir.join(p);
@@ -330,6 +383,40 @@ async fn serve_tools(listener: tokio::net::UnixListener, ctx: Arc<std::sync::Mut
     }
 }
 
+/// `secret-get NAME|APP/NAME`: asks the controller, which keeps secrets
+/// sealed and hands them only to hooks of the owning or a related
+/// application.
+async fn secret_get(client: &Client, base: &str, unit: &str, args: &[String]) -> ToolOutput {
+    let [id] = args else {
+        return ToolOutput {
+            stderr: "secret-get: usage: secret-get NAME|APP/NAME\n".into(),
+            code: 2,
+            ..Default::default()
+        };
+    };
+    #[derive(Deserialize)]
+    struct Answer {
+        value: String,
+    }
+    match client
+        .post::<_, Answer>(
+            &format!("{base}/secret"),
+            &serde_json::json!({"unit": unit, "id": id}),
+        )
+        .await
+    {
+        Ok(a) => ToolOutput {
+            stdout: format!("{}\n", a.value),
+            ..Default::default()
+        },
+        Err(e) => ToolOutput {
+            stderr: format!("secret-get: {e}\n"),
+            code: 1,
+            ..Default::default()
+        },
+    }
+}
+
 fn write_file(path: &Path, content: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -348,7 +435,10 @@ async fn run_hook(shared: &Shared, a: &AssignedUnit, hook: &Hook) -> Result<Hook
     tracing::info!(unit, hook = name, "running hook");
     let _ = shared
         .client
-        .post::<_, ()>(&format!("{}/running", shared.base), &serde_json::json!({"unit": unit, "hook": name}))
+        .post::<_, ()>(
+            &format!("{}/running", shared.base),
+            &serde_json::json!({"unit": unit, "hook": name}),
+        )
         .await;
     let status = WorkloadStatus {
         state: WorkloadState::Unknown,
@@ -361,30 +451,63 @@ async fn run_hook(shared: &Shared, a: &AssignedUnit, hook: &Hook) -> Result<Hook
         status,
         Default::default(),
     )));
-    let socket = shared.data_dir.join("run").join(format!("{}.sock", unit.replace('/', "-")));
+    let socket = shared
+        .data_dir
+        .join("run")
+        .join(format!("{}.sock", unit.replace('/', "-")));
     let _ = std::fs::remove_file(&socket);
-    let listener = tokio::net::UnixListener::bind(&socket).map_err(|e| format!("{}: {e}", socket.display()))?;
-    let server = tokio::spawn(serve_tools(listener, ctx.clone(), charm_dir.clone()));
+    let listener = tokio::net::UnixListener::bind(&socket)
+        .map_err(|e| format!("{}: {e}", socket.display()))?;
+    let server = tokio::spawn(serve_tools(
+        listener,
+        ctx.clone(),
+        charm_dir.clone(),
+        shared.client.clone(),
+        shared.base.clone(),
+    ));
 
     let action = match hook {
         Hook::Action { id, .. } => a.view.actions.iter().find(|x| x.id == *id).cloned(),
         _ => None,
     };
     let (program, args): (Option<PathBuf>, Vec<String>) = match (&action, hook) {
-        (Some(act), _) if act.command.is_some() => (Some("/bin/sh".into()), vec!["-c".into(), act.command.clone().unwrap_or_default()]),
-        (_, Hook::Action { name, .. }) => (Some(charm_dir.join("actions").join(name)).filter(|p| p.exists()), vec![]),
-        _ => (Some(charm_dir.join("hooks").join(&name)).filter(|p| p.exists()), vec![]),
+        (Some(act), _) if act.command.is_some() => (
+            Some("/bin/sh".into()),
+            vec!["-c".into(), act.command.clone().unwrap_or_default()],
+        ),
+        (_, Hook::Action { name, .. }) => (
+            Some(charm_dir.join("actions").join(name)).filter(|p| p.exists()),
+            vec![],
+        ),
+        _ => (
+            Some(charm_dir.join("hooks").join(&name)).filter(|p| p.exists()),
+            vec![],
+        ),
     };
     let env: Vec<(String, String)> = ctx.lock().expect("ctx").env();
     let (exit_ok, exit_message, output) = match &program {
         // Juju: a charm without this hook has nothing to do.
-        None => (action.is_none(), if action.is_some() { format!("charm has no action {name}") } else { String::new() }, String::new()),
+        None => (
+            action.is_none(),
+            if action.is_some() {
+                format!("charm has no action {name}")
+            } else {
+                String::new()
+            },
+            String::new(),
+        ),
         Some(p) => {
             let mut cmd = tokio::process::Command::new(p);
             cmd.args(&args)
                 .current_dir(&charm_dir)
                 .env_clear()
-                .env("PATH", format!("{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", shared.tools_dir.display()))
+                .env(
+                    "PATH",
+                    format!(
+                        "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                        shared.tools_dir.display()
+                    ),
+                )
                 .env("HOME", "/root")
                 .env("LANG", "C.UTF-8")
                 .env("DEBIAN_FRONTEND", "noninteractive")
@@ -399,11 +522,17 @@ async fn run_hook(shared: &Shared, a: &AssignedUnit, hook: &Hook) -> Result<Hook
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .process_group(0);
-            let mut child = cmd.spawn().map_err(|e| format!("starting {}: {e}", p.display()))?;
+            let mut child = cmd
+                .spawn()
+                .map_err(|e| format!("starting {}: {e}", p.display()))?;
             let mut out = child.stdout.take().expect("piped");
             let mut err = child.stderr.take().expect("piped");
             let (mut ob, mut eb) = (Vec::new(), Vec::new());
-            let (r1, r2, status) = tokio::join!(out.read_to_end(&mut ob), err.read_to_end(&mut eb), child.wait());
+            let (r1, r2, status) = tokio::join!(
+                out.read_to_end(&mut ob),
+                err.read_to_end(&mut eb),
+                child.wait()
+            );
             let _ = (r1, r2);
             // Kill what the hook left behind in its group, so no stray child
             // keeps running into the next hook.
@@ -415,7 +544,9 @@ async fn run_hook(shared: &Shared, a: &AssignedUnit, hook: &Hook) -> Result<Hook
             text.push_str(&String::from_utf8_lossy(&eb));
             if text.len() > OUTPUT_LIMIT {
                 let cut = text.len() - OUTPUT_LIMIT;
-                let cut = (cut..text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(text.len());
+                let cut = (cut..text.len())
+                    .find(|i| text.is_char_boundary(*i))
+                    .unwrap_or(text.len());
                 text = text[cut..].to_string();
             }
             let message = match status.code() {
@@ -452,7 +583,13 @@ async fn run_hook(shared: &Shared, a: &AssignedUnit, hook: &Hook) -> Result<Hook
         commit.action = Some(ActionOutcome {
             id: act.id,
             status: if failed { "failed" } else { "completed" }.into(),
-            message: ctx.action_failed.clone().unwrap_or_else(|| if exit_ok { String::new() } else { exit_message.clone() }),
+            message: ctx.action_failed.clone().unwrap_or_else(|| {
+                if exit_ok {
+                    String::new()
+                } else {
+                    exit_message.clone()
+                }
+            }),
             results: ctx.action_results.clone(),
             stdout: output,
             stderr: String::new(),
@@ -460,7 +597,9 @@ async fn run_hook(shared: &Shared, a: &AssignedUnit, hook: &Hook) -> Result<Hook
         commit.output = String::new();
     } else if !exit_ok {
         tracing::warn!(unit, hook = name, "hook failed: {exit_message}");
-        commit.result = HookResult::Failed { message: exit_message.clone() };
+        commit.result = HookResult::Failed {
+            message: exit_message.clone(),
+        };
         commit.state = kumo_uniter::uniter::fail(&a.state, hook, &exit_message, a.view.resolve.seq);
         commit.unit_settings.clear();
         commit.app_settings.clear();
@@ -482,11 +621,18 @@ pub fn hook_tool(tool: &str, args: &[String]) -> i32 {
     let mut stream = match std::os::unix::net::UnixStream::connect(&socket) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("{tool}: cannot reach the unit agent at {}: {e}", PathBuf::from(&socket).display());
+            eprintln!(
+                "{tool}: cannot reach the unit agent at {}: {e}",
+                PathBuf::from(&socket).display()
+            );
             return 2;
         }
     };
-    let mut req = serde_json::to_string(&ToolRequest { tool: tool.to_string(), args: args.to_vec() }).expect("request");
+    let mut req = serde_json::to_string(&ToolRequest {
+        tool: tool.to_string(),
+        args: args.to_vec(),
+    })
+    .expect("request");
     req.push('\n');
     if let Err(e) = stream.write_all(req.as_bytes()) {
         eprintln!("{tool}: {e}");

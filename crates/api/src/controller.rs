@@ -64,7 +64,8 @@ struct User;
 impl FromRequestParts<Ctl> for User {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, s: &Ctl) -> Result<Self, ApiError> {
-        let key = bearer(parts).ok_or_else(|| ApiError::from(kumo_region::RegionError::Unauthorized))?;
+        let key =
+            bearer(parts).ok_or_else(|| ApiError::from(kumo_region::RegionError::Unauthorized))?;
         s.region.authenticate(key).await?;
         Ok(User)
     }
@@ -87,30 +88,61 @@ type R<T> = Result<T, ApiError>;
 pub fn routes(ctl: Ctl) -> Router {
     let api = Router::new()
         .route("/api/v1/controller", get(show_bootstrap).put(bootstrap))
-        .route("/api/v1/charms", post(upload_charm).layer(axum::extract::DefaultBodyLimit::max(64 << 20)))
+        .route(
+            "/api/v1/charms",
+            post(upload_charm).layer(axum::extract::DefaultBodyLimit::max(64 << 20)),
+        )
         .route("/api/v1/models", get(models).post(add_model))
         .route("/api/v1/models/{m}", delete(destroy_model))
         .route("/api/v1/models/{m}/status", get(status))
         .route("/api/v1/models/{m}/machines", post(add_machines))
         .route("/api/v1/models/{m}/applications", post(deploy))
-        .route("/api/v1/models/{m}/applications/{app}", delete(remove_application))
-        .route("/api/v1/models/{m}/applications/{app}/units", post(add_units))
-        .route("/api/v1/models/{m}/applications/{app}/config", get(config).patch(set_config))
-        .route("/api/v1/models/{m}/applications/{app}/expose", post(expose).delete(unexpose))
-        .route("/api/v1/models/{m}/units/{app}/{n}", get(show_unit).delete(remove_unit))
+        .route(
+            "/api/v1/models/{m}/applications/{app}",
+            delete(remove_application),
+        )
+        .route(
+            "/api/v1/models/{m}/applications/{app}/units",
+            post(add_units),
+        )
+        .route(
+            "/api/v1/models/{m}/applications/{app}/config",
+            get(config).patch(set_config),
+        )
+        .route(
+            "/api/v1/models/{m}/applications/{app}/expose",
+            post(expose).delete(unexpose),
+        )
+        .route(
+            "/api/v1/models/{m}/units/{app}/{n}",
+            get(show_unit).delete(remove_unit),
+        )
         .route("/api/v1/models/{m}/units/{app}/{n}/resolve", post(resolve))
-        .route("/api/v1/models/{m}/units/{app}/{n}/actions", post(run_action))
+        .route(
+            "/api/v1/models/{m}/units/{app}/{n}/actions",
+            post(run_action),
+        )
         .route("/api/v1/models/{m}/actions/{id}", get(show_action))
         .route("/api/v1/models/{m}/exec", post(exec))
         .route("/api/v1/models/{m}/relations", post(relate))
         .route("/api/v1/models/{m}/relations/remove", post(remove_relation))
         .route("/api/v1/models/{m}/logs", get(logs))
         .route("/api/v1/models/{m}/address/{*target}", get(address))
-        .route("/api/v1/models/{m}/bundle", post(deploy_bundle).layer(axum::extract::DefaultBodyLimit::max(8 << 20)))
-        .route("/api/v1/models/{m}/bundle/diff", post(diff_bundle).layer(axum::extract::DefaultBodyLimit::max(8 << 20)))
+        .route(
+            "/api/v1/models/{m}/bundle",
+            post(deploy_bundle).layer(axum::extract::DefaultBodyLimit::max(8 << 20)),
+        )
+        .route(
+            "/api/v1/models/{m}/bundle/diff",
+            post(diff_bundle).layer(axum::extract::DefaultBodyLimit::max(8 << 20)),
+        )
         .route("/api/v1/models/{m}/bundle/export", get(export_bundle));
-    let agent = Router::new()
-        .route("/agent/v1/models/{m}/machines/{*rest}", get(agent_get).post(agent_post).layer(axum::extract::DefaultBodyLimit::max(16 << 20)));
+    let agent = Router::new().route(
+        "/agent/v1/models/{m}/machines/{*rest}",
+        get(agent_get)
+            .post(agent_post)
+            .layer(axum::extract::DefaultBodyLimit::max(16 << 20)),
+    );
     api.merge(agent).with_state(ctl)
 }
 
@@ -121,12 +153,20 @@ async fn show_bootstrap(State(s): State<Ctl>, _u: User) -> R<Response> {
     }
 }
 
-async fn bootstrap(State(s): State<Ctl>, _u: User, ApiJson(b): ApiJson<Bootstrap>) -> R<impl IntoResponse> {
+async fn bootstrap(
+    State(s): State<Ctl>,
+    _u: User,
+    ApiJson(b): ApiJson<Bootstrap>,
+) -> R<impl IntoResponse> {
     s.controller.bootstrap(b).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn upload_charm(State(s): State<Ctl>, _u: User, body: axum::body::Bytes) -> R<impl IntoResponse> {
+async fn upload_charm(
+    State(s): State<Ctl>,
+    _u: User,
+    body: axum::body::Bytes,
+) -> R<impl IntoResponse> {
     Ok((StatusCode::CREATED, Json(s.controller.upload_charm(&body)?)))
 }
 
@@ -134,11 +174,26 @@ async fn models(State(s): State<Ctl>, _u: User) -> R<impl IntoResponse> {
     Ok(Json(s.controller.models().await))
 }
 
-async fn add_model(State(s): State<Ctl>, _u: User, ApiJson(b): ApiJson<CreateModel>) -> R<impl IntoResponse> {
-    Ok((StatusCode::CREATED, Json(s.controller.add_model(&b.name, b.provider.as_deref()).await?)))
+async fn add_model(
+    State(s): State<Ctl>,
+    _u: User,
+    ApiJson(b): ApiJson<CreateModel>,
+) -> R<impl IntoResponse> {
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            s.controller
+                .add_model(&b.name, b.provider.as_deref())
+                .await?,
+        ),
+    ))
 }
 
-async fn destroy_model(State(s): State<Ctl>, _u: User, Path(m): Path<String>) -> R<impl IntoResponse> {
+async fn destroy_model(
+    State(s): State<Ctl>,
+    _u: User,
+    Path(m): Path<String>,
+) -> R<impl IntoResponse> {
     s.controller.destroy_model(&m).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -147,75 +202,164 @@ async fn status(State(s): State<Ctl>, _u: User, Path(m): Path<String>) -> R<impl
     Ok(Json(s.controller.status(&m).await?))
 }
 
-async fn add_machines(State(s): State<Ctl>, _u: User, Path(m): Path<String>, ApiJson(b): ApiJson<AddMachines>) -> R<impl IntoResponse> {
-    Ok((StatusCode::CREATED, Json(s.controller.add_machines(&m, &b).await?)))
+async fn add_machines(
+    State(s): State<Ctl>,
+    _u: User,
+    Path(m): Path<String>,
+    ApiJson(b): ApiJson<AddMachines>,
+) -> R<impl IntoResponse> {
+    Ok((
+        StatusCode::CREATED,
+        Json(s.controller.add_machines(&m, &b).await?),
+    ))
 }
 
-async fn deploy(State(s): State<Ctl>, _u: User, Path(m): Path<String>, ApiJson(b): ApiJson<Deploy>) -> R<impl IntoResponse> {
-    Ok((StatusCode::CREATED, Json(s.controller.deploy(&m, &b).await?)))
+async fn deploy(
+    State(s): State<Ctl>,
+    _u: User,
+    Path(m): Path<String>,
+    ApiJson(b): ApiJson<Deploy>,
+) -> R<impl IntoResponse> {
+    Ok((
+        StatusCode::CREATED,
+        Json(s.controller.deploy(&m, &b).await?),
+    ))
 }
 
-async fn remove_application(State(s): State<Ctl>, _u: User, Path((m, app)): Path<(String, String)>) -> R<impl IntoResponse> {
+async fn remove_application(
+    State(s): State<Ctl>,
+    _u: User,
+    Path((m, app)): Path<(String, String)>,
+) -> R<impl IntoResponse> {
     s.controller.remove_application(&m, &app).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn add_units(State(s): State<Ctl>, _u: User, Path((m, app)): Path<(String, String)>, ApiJson(b): ApiJson<AddUnits>) -> R<impl IntoResponse> {
-    Ok((StatusCode::CREATED, Json(s.controller.add_units(&m, &app, &b).await?)))
+async fn add_units(
+    State(s): State<Ctl>,
+    _u: User,
+    Path((m, app)): Path<(String, String)>,
+    ApiJson(b): ApiJson<AddUnits>,
+) -> R<impl IntoResponse> {
+    Ok((
+        StatusCode::CREATED,
+        Json(s.controller.add_units(&m, &app, &b).await?),
+    ))
 }
 
-async fn config(State(s): State<Ctl>, _u: User, Path((m, app)): Path<(String, String)>) -> R<impl IntoResponse> {
+async fn config(
+    State(s): State<Ctl>,
+    _u: User,
+    Path((m, app)): Path<(String, String)>,
+) -> R<impl IntoResponse> {
     Ok(Json(s.controller.config(&m, &app).await?))
 }
 
-async fn set_config(State(s): State<Ctl>, _u: User, Path((m, app)): Path<(String, String)>, ApiJson(b): ApiJson<SetConfig>) -> R<impl IntoResponse> {
+async fn set_config(
+    State(s): State<Ctl>,
+    _u: User,
+    Path((m, app)): Path<(String, String)>,
+    ApiJson(b): ApiJson<SetConfig>,
+) -> R<impl IntoResponse> {
     s.controller.set_config(&m, &app, &b).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn expose(State(s): State<Ctl>, _u: User, Path((m, app)): Path<(String, String)>) -> R<impl IntoResponse> {
+async fn expose(
+    State(s): State<Ctl>,
+    _u: User,
+    Path((m, app)): Path<(String, String)>,
+) -> R<impl IntoResponse> {
     s.controller.expose(&m, &app, true).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn unexpose(State(s): State<Ctl>, _u: User, Path((m, app)): Path<(String, String)>) -> R<impl IntoResponse> {
+async fn unexpose(
+    State(s): State<Ctl>,
+    _u: User,
+    Path((m, app)): Path<(String, String)>,
+) -> R<impl IntoResponse> {
     s.controller.expose(&m, &app, false).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn show_unit(State(s): State<Ctl>, _u: User, Path((m, app, n)): Path<(String, String, String)>) -> R<impl IntoResponse> {
-    Ok(Json(s.controller.show_unit(&m, &format!("{app}/{n}")).await?))
+async fn show_unit(
+    State(s): State<Ctl>,
+    _u: User,
+    Path((m, app, n)): Path<(String, String, String)>,
+) -> R<impl IntoResponse> {
+    Ok(Json(
+        s.controller.show_unit(&m, &format!("{app}/{n}")).await?,
+    ))
 }
 
-async fn remove_unit(State(s): State<Ctl>, _u: User, Path((m, app, n)): Path<(String, String, String)>) -> R<impl IntoResponse> {
+async fn remove_unit(
+    State(s): State<Ctl>,
+    _u: User,
+    Path((m, app, n)): Path<(String, String, String)>,
+) -> R<impl IntoResponse> {
     s.controller.remove_unit(&m, &format!("{app}/{n}")).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn resolve(State(s): State<Ctl>, _u: User, Path((m, app, n)): Path<(String, String, String)>, ApiJson(b): ApiJson<Resolve>) -> R<impl IntoResponse> {
-    s.controller.resolve(&m, &format!("{app}/{n}"), b.retry).await?;
+async fn resolve(
+    State(s): State<Ctl>,
+    _u: User,
+    Path((m, app, n)): Path<(String, String, String)>,
+    ApiJson(b): ApiJson<Resolve>,
+) -> R<impl IntoResponse> {
+    s.controller
+        .resolve(&m, &format!("{app}/{n}"), b.retry)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn run_action(State(s): State<Ctl>, _u: User, Path((m, app, n)): Path<(String, String, String)>, ApiJson(b): ApiJson<RunAction>) -> R<impl IntoResponse> {
-    let id = s.controller.run_action(&m, &format!("{app}/{n}"), &b).await?;
+async fn run_action(
+    State(s): State<Ctl>,
+    _u: User,
+    Path((m, app, n)): Path<(String, String, String)>,
+    ApiJson(b): ApiJson<RunAction>,
+) -> R<impl IntoResponse> {
+    let id = s
+        .controller
+        .run_action(&m, &format!("{app}/{n}"), &b)
+        .await?;
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "id": id }))))
 }
 
-async fn show_action(State(s): State<Ctl>, _u: User, Path((m, id)): Path<(String, u64)>) -> R<impl IntoResponse> {
+async fn show_action(
+    State(s): State<Ctl>,
+    _u: User,
+    Path((m, id)): Path<(String, u64)>,
+) -> R<impl IntoResponse> {
     Ok(Json(s.controller.action(&m, id).await?))
 }
 
-async fn exec(State(s): State<Ctl>, _u: User, Path(m): Path<String>, ApiJson(b): ApiJson<Exec>) -> R<impl IntoResponse> {
+async fn exec(
+    State(s): State<Ctl>,
+    _u: User,
+    Path(m): Path<String>,
+    ApiJson(b): ApiJson<Exec>,
+) -> R<impl IntoResponse> {
     Ok((StatusCode::CREATED, Json(s.controller.exec(&m, &b).await?)))
 }
 
-async fn relate(State(s): State<Ctl>, _u: User, Path(m): Path<String>, ApiJson(b): ApiJson<Relate>) -> R<impl IntoResponse> {
+async fn relate(
+    State(s): State<Ctl>,
+    _u: User,
+    Path(m): Path<String>,
+    ApiJson(b): ApiJson<Relate>,
+) -> R<impl IntoResponse> {
     let id = s.controller.relate(&m, &b).await?;
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "id": id }))))
 }
 
-async fn remove_relation(State(s): State<Ctl>, _u: User, Path(m): Path<String>, ApiJson(b): ApiJson<Relate>) -> R<impl IntoResponse> {
+async fn remove_relation(
+    State(s): State<Ctl>,
+    _u: User,
+    Path(m): Path<String>,
+    ApiJson(b): ApiJson<Relate>,
+) -> R<impl IntoResponse> {
     s.controller.remove_relation(&m, &b).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -232,23 +376,52 @@ fn default_limit() -> i64 {
     1000
 }
 
-async fn logs(State(s): State<Ctl>, _u: User, Path(m): Path<String>, ApiQuery(q): ApiQuery<LogQuery>) -> R<impl IntoResponse> {
-    Ok(Json(s.controller.logs(&m, q.after, q.limit.clamp(1, 10_000)).await?))
+async fn logs(
+    State(s): State<Ctl>,
+    _u: User,
+    Path(m): Path<String>,
+    ApiQuery(q): ApiQuery<LogQuery>,
+) -> R<impl IntoResponse> {
+    Ok(Json(
+        s.controller
+            .logs(&m, q.after, q.limit.clamp(1, 10_000))
+            .await?,
+    ))
 }
 
-async fn address(State(s): State<Ctl>, _u: User, Path((m, target)): Path<(String, String)>) -> R<impl IntoResponse> {
-    Ok(Json(serde_json::json!({ "address": s.controller.machine_address(&m, &target).await? })))
+async fn address(
+    State(s): State<Ctl>,
+    _u: User,
+    Path((m, target)): Path<(String, String)>,
+) -> R<impl IntoResponse> {
+    Ok(Json(
+        serde_json::json!({ "address": s.controller.machine_address(&m, &target).await? }),
+    ))
 }
 
-async fn deploy_bundle(State(s): State<Ctl>, _u: User, Path(m): Path<String>, ApiJson(b): ApiJson<BundleRequest>) -> R<impl IntoResponse> {
+async fn deploy_bundle(
+    State(s): State<Ctl>,
+    _u: User,
+    Path(m): Path<String>,
+    ApiJson(b): ApiJson<BundleRequest>,
+) -> R<impl IntoResponse> {
     Ok(Json(s.controller.deploy_bundle(&m, &b).await?))
 }
 
-async fn diff_bundle(State(s): State<Ctl>, _u: User, Path(m): Path<String>, ApiJson(b): ApiJson<BundleRequest>) -> R<impl IntoResponse> {
+async fn diff_bundle(
+    State(s): State<Ctl>,
+    _u: User,
+    Path(m): Path<String>,
+    ApiJson(b): ApiJson<BundleRequest>,
+) -> R<impl IntoResponse> {
     Ok(Json(s.controller.diff_bundle(&m, &b).await?))
 }
 
-async fn export_bundle(State(s): State<Ctl>, _u: User, Path(m): Path<String>) -> R<impl IntoResponse> {
+async fn export_bundle(
+    State(s): State<Ctl>,
+    _u: User,
+    Path(m): Path<String>,
+) -> R<impl IntoResponse> {
     Ok(s.controller.export_bundle(&m).await?)
 }
 
@@ -271,7 +444,11 @@ fn split_rest(rest: &str) -> Option<(&str, &str)> {
 }
 
 fn no_route() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such agent route".into())
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such agent route".into(),
+    )
 }
 
 async fn agent_get(
@@ -283,7 +460,10 @@ async fn agent_get(
 ) -> R<Response> {
     let (machine, verb) = split_rest(&rest).ok_or_else(no_route)?;
     if verb == "view" {
-        let view = s.controller.agent_view(&m, machine, &t, q.since.as_deref()).await?;
+        let view = s
+            .controller
+            .agent_view(&m, machine, &t, q.since.as_deref())
+            .await?;
         return Ok(Json(view).into_response());
     }
     if let Some(sha) = verb.strip_prefix("charms/") {
@@ -292,7 +472,13 @@ async fn agent_get(
         let res = tower_http::services::ServeFile::new(path)
             .oneshot(req)
             .await
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("serving charm {sha}: {e}")))?;
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    format!("serving charm {sha}: {e}"),
+                )
+            })?;
         return Ok(res.map(axum::body::Body::new));
     }
     Err(no_route())
@@ -317,7 +503,9 @@ async fn agent_post(
     body: axum::body::Bytes,
 ) -> R<Response> {
     let (machine, verb) = split_rest(&rest).ok_or_else(no_route)?;
-    let bad = |e: serde_json::Error| ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e.to_string());
+    let bad = |e: serde_json::Error| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e.to_string())
+    };
     match verb {
         "commit" => {
             let c: HookCommit = serde_json::from_slice(&body).map_err(bad)?;
@@ -325,12 +513,17 @@ async fn agent_post(
         }
         "secret" => {
             let r: SecretRequest = serde_json::from_slice(&body).map_err(bad)?;
-            let value = s.controller.agent_secret(&m, machine, &t, &r.unit, &r.id).await?;
+            let value = s
+                .controller
+                .agent_secret(&m, machine, &t, &r.unit, &r.id)
+                .await?;
             Ok(Json(serde_json::json!({ "value": value })).into_response())
         }
         "running" => {
             let r: Running = serde_json::from_slice(&body).map_err(bad)?;
-            s.controller.agent_running(&m, machine, &t, &r.unit, &r.hook).await?;
+            s.controller
+                .agent_running(&m, machine, &t, &r.unit, &r.hook)
+                .await?;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         _ => Err(no_route()),

@@ -26,4 +26,6 @@ pub use config::{ConfigOption, ConfigSchema, OptionType, Value};
 pub use error::{Error, Location, Result};
 pub use metadata::{valid_application_name, valid_name, Endpoint, Metadata, Role, JUJU_INFO};
 pub use model::{apply, diff, export, plan, AppState, Difference, Machine, ModelState, Step};
-pub use validate::{resolve_relation, validate, CharmSource, Relation, Resolved, ResolvedApplication};
+pub use validate::{
+    resolve_relation, validate, CharmSource, Relation, Resolved, ResolvedApplication,
+};

@@ -73,6 +73,9 @@ struct Inner {
     provider: Arc<dyn Provider>,
     provision: Notify,
     secrets: kumo_region::SecretBox,
+    /// Failed machines: (attempts, next try in ms). In memory only: a
+    /// restarted controller retries at once.
+    retries: std::sync::Mutex<BTreeMap<(String, String), (u32, i64)>>,
 }
 
 struct CharmMap<'a>(std::sync::RwLockReadGuard<'a, BTreeMap<String, Charm>>);
@@ -84,7 +87,10 @@ impl Charms for CharmMap<'_> {
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl Controller {
@@ -123,7 +129,10 @@ impl Controller {
         let mut bootstrap = None;
         let docs = store.model_docs().await?;
         let corrupt = |d: &kumo_store::ModelDoc, e: serde_json::Error| {
-            ControllerError::Conflict(format!("stored {} {} of model {}: {e}", d.kind, d.key, d.model))
+            ControllerError::Conflict(format!(
+                "stored {} {} of model {}: {e}",
+                d.kind, d.key, d.model
+            ))
         };
         for d in docs.iter().filter(|d| d.kind == "model") {
             if d.model == BOOTSTRAP_MODEL {
@@ -136,10 +145,13 @@ impl Controller {
             models.insert(d.model.clone(), m);
         }
         for d in docs.iter().filter(|d| d.kind != "model") {
-            let Some(m) = models.get_mut(&d.model) else { continue };
+            let Some(m) = models.get_mut(&d.model) else {
+                continue;
+            };
             match d.kind.as_str() {
                 "machine" => {
-                    let mut x: MachineDoc = serde_json::from_str(&d.body).map_err(|e| corrupt(d, e))?;
+                    let mut x: MachineDoc =
+                        serde_json::from_str(&d.body).map_err(|e| corrupt(d, e))?;
                     // A controller stopped mid-provisioning: the provider
                     // is idempotent, so make the machine again.
                     if x.state == MachineState::Provisioning && x.agent_seen.is_none() {
@@ -148,7 +160,10 @@ impl Controller {
                     m.machines.insert(d.key.clone(), x);
                 }
                 "unit" => {
-                    m.units.insert(d.key.clone(), serde_json::from_str(&d.body).map_err(|e| corrupt(d, e))?);
+                    m.units.insert(
+                        d.key.clone(),
+                        serde_json::from_str(&d.body).map_err(|e| corrupt(d, e))?,
+                    );
                 }
                 "action" => {
                     let a: ActionDoc = serde_json::from_str(&d.body).map_err(|e| corrupt(d, e))?;
@@ -171,6 +186,7 @@ impl Controller {
                 provider,
                 provision: Notify::new(),
                 secrets,
+                retries: std::sync::Mutex::new(BTreeMap::new()),
             }),
         })
     }
@@ -194,20 +210,45 @@ impl Controller {
         let name = m.doc.name.clone();
         let mut w = ModelWrite::default();
         if dirty.model {
-            w.docs.push(("model".into(), String::new(), Some(serde_json::to_string(&m.doc).expect("doc"))));
+            w.docs.push((
+                "model".into(),
+                String::new(),
+                Some(serde_json::to_string(&m.doc).expect("doc")),
+            ));
         }
         for id in &dirty.machines {
-            w.docs.push(("machine".into(), id.clone(), m.machines.get(id).map(|x| serde_json::to_string(x).expect("doc"))));
+            w.docs.push((
+                "machine".into(),
+                id.clone(),
+                m.machines
+                    .get(id)
+                    .map(|x| serde_json::to_string(x).expect("doc")),
+            ));
         }
         for id in &dirty.units {
-            w.docs.push(("unit".into(), id.clone(), m.units.get(id).map(|x| serde_json::to_string(x).expect("doc"))));
+            w.docs.push((
+                "unit".into(),
+                id.clone(),
+                m.units
+                    .get(id)
+                    .map(|x| serde_json::to_string(x).expect("doc")),
+            ));
         }
         for id in &dirty.actions {
-            w.docs.push(("action".into(), id.to_string(), m.actions.get(id).map(|x| serde_json::to_string(x).expect("doc"))));
+            w.docs.push((
+                "action".into(),
+                id.to_string(),
+                m.actions
+                    .get(id)
+                    .map(|x| serde_json::to_string(x).expect("doc")),
+            ));
         }
         let now = self.now();
         for (entity, level, message) in &dirty.logs {
-            let level = serde_json::to_value(level).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+            let level = serde_json::to_value(level)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
             w.logs.push((entity.clone(), now, level, message.clone()));
         }
         if let Err(e) = self.inner.store.write_model(&name, &w).await {
@@ -234,12 +275,14 @@ impl Controller {
                 }
                 "machine" => {
                     if let Some(m) = model.as_mut() {
-                        m.machines.insert(d.key.clone(), serde_json::from_str(&d.body).map_err(parse)?);
+                        m.machines
+                            .insert(d.key.clone(), serde_json::from_str(&d.body).map_err(parse)?);
                     }
                 }
                 "unit" => {
                     if let Some(m) = model.as_mut() {
-                        m.units.insert(d.key.clone(), serde_json::from_str(&d.body).map_err(parse)?);
+                        m.units
+                            .insert(d.key.clone(), serde_json::from_str(&d.body).map_err(parse)?);
                     }
                 }
                 "action" => {
@@ -261,7 +304,9 @@ impl Controller {
         f: impl FnOnce(&mut Model, &dyn Charms, i64) -> Result<T>,
     ) -> Result<T> {
         let mut models = self.inner.models.lock().await;
-        let m = models.get_mut(name).ok_or_else(|| not_found("model", name))?;
+        let m = models
+            .get_mut(name)
+            .ok_or_else(|| not_found("model", name))?;
         let out = {
             let charms = self.charms();
             f(m, &charms, self.now())
@@ -282,7 +327,11 @@ impl Controller {
         }
     }
 
-    async fn read_model<T>(&self, name: &str, f: impl FnOnce(&Model, &dyn Charms, i64) -> Result<T>) -> Result<T> {
+    async fn read_model<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&Model, &dyn Charms, i64) -> Result<T>,
+    ) -> Result<T> {
         let models = self.inner.models.lock().await;
         let m = models.get(name).ok_or_else(|| not_found("model", name))?;
         let charms = self.charms();
@@ -291,13 +340,28 @@ impl Controller {
 
     // ---- controller and models ----------------------------------------------
 
-    pub async fn bootstrap(&self, b: api::Bootstrap) -> Result<()> {
+    pub async fn bootstrap(&self, mut b: api::Bootstrap) -> Result<()> {
+        b.controller_id = match self.bootstrap_config() {
+            Some(old) if !old.controller_id.is_empty() => old.controller_id,
+            _ => {
+                let mut raw = [0u8; 3];
+                self.inner.entropy.fill(&mut raw);
+                raw.iter().map(|x| format!("{x:02x}")).collect()
+            }
+        };
         provider::parse_range(&b.address_range).map_err(|m| invalid("address_range", m))?;
         if !b.agent_url.starts_with("http://") && !b.agent_url.starts_with("https://") {
-            return Err(invalid("agent_url", format!("{:?} is not an http(s) URL", b.agent_url)));
+            return Err(invalid(
+                "agent_url",
+                format!("{:?} is not an http(s) URL", b.agent_url),
+            ));
         }
         let w = ModelWrite {
-            docs: vec![("model".into(), String::new(), Some(serde_json::to_string(&b).expect("bootstrap")))],
+            docs: vec![(
+                "model".into(),
+                String::new(),
+                Some(serde_json::to_string(&b).expect("bootstrap")),
+            )],
             logs: vec![],
         };
         self.inner.store.write_model(BOOTSTRAP_MODEL, &w).await?;
@@ -314,7 +378,10 @@ impl Controller {
 
     pub async fn add_model(&self, name: &str, provider: Option<&str>) -> Result<api::ModelInfo> {
         if !kumo_charm::valid_name(name) {
-            return Err(invalid("name", format!("invalid model name {name:?}: lowercase letters, digits and hyphens")));
+            return Err(invalid(
+                "name",
+                format!("invalid model name {name:?}: lowercase letters, digits and hyphens"),
+            ));
         }
         if self.bootstrap_config().is_none() {
             return Err(ControllerError::NotBootstrapped);
@@ -322,11 +389,19 @@ impl Controller {
         let provider = match provider.unwrap_or("containers") {
             "containers" => ProviderKind::Containers,
             "manual" => ProviderKind::Manual,
-            other => return Err(invalid("provider", format!("unknown provider {other:?}: expected containers or manual"))),
+            other => {
+                return Err(invalid(
+                    "provider",
+                    format!("unknown provider {other:?}: expected containers or manual"),
+                ))
+            }
         };
         let mut models = self.inner.models.lock().await;
         if models.contains_key(name) {
-            return Err(ControllerError::AlreadyExists { what: "model", name: name.into() });
+            return Err(ControllerError::AlreadyExists {
+                what: "model",
+                name: name.into(),
+            });
         }
         let mut m = Model::new(ModelDoc::new(name, provider, self.now()));
         m.log("model", Level::Info, format!("model {name} added"));
@@ -342,7 +417,9 @@ impl Controller {
 
     /// Destroys a model's machines through the provider, then forgets it.
     pub async fn destroy_model(&self, name: &str) -> Result<()> {
-        let machines: Vec<MachineDoc> = self.read_model(name, |m, _, _| Ok(m.machines.values().cloned().collect())).await?;
+        let machines: Vec<MachineDoc> = self
+            .read_model(name, |m, _, _| Ok(m.machines.values().cloned().collect()))
+            .await?;
         let kind = self.read_model(name, |m, _, _| Ok(m.doc.provider)).await?;
         for mach in machines {
             if let Some(instance) = &mach.instance {
@@ -350,7 +427,12 @@ impl Controller {
                     .provider
                     .destroy(kind, instance)
                     .await
-                    .map_err(|e| ControllerError::Provider(format!("destroying machine {} ({instance}): {e}", mach.id)))?;
+                    .map_err(|e| {
+                        ControllerError::Provider(format!(
+                            "destroying machine {} ({instance}): {e}",
+                            mach.id
+                        ))
+                    })?;
             }
         }
         self.inner.store.delete_model(name).await?;
@@ -366,7 +448,10 @@ impl Controller {
     pub fn upload_charm(&self, archive: &[u8]) -> Result<api::CharmUploaded> {
         let sha = sha256_hex(archive);
         if let Some(c) = self.inner.charms.read().expect("lock").get(&sha) {
-            return Ok(api::CharmUploaded { name: c.metadata.name.clone(), sha256: sha });
+            return Ok(api::CharmUploaded {
+                name: c.metadata.name.clone(),
+                sha256: sha,
+            });
         }
         let dir = self.inner.config.data_dir.join("charms");
         let tmp = dir.join(format!(".{sha}.tmp"));
@@ -379,7 +464,10 @@ impl Controller {
         let unpacked = tar::Archive::new(archive).unpack(&tmp);
         if let Err(e) = unpacked {
             let _ = std::fs::remove_dir_all(&tmp);
-            return Err(invalid("charm", format!("not a tar archive of a charm: {e}")));
+            return Err(invalid(
+                "charm",
+                format!("not a tar archive of a charm: {e}"),
+            ));
         }
         let charm = match Charm::load_dir(&tmp) {
             Ok(c) => c,
@@ -392,9 +480,16 @@ impl Controller {
         let final_dir = dir.join(&sha);
         let _ = std::fs::remove_dir_all(&final_dir);
         std::fs::rename(&tmp, &final_dir).map_err(io(&final_dir))?;
-        let charm = Charm { dir: final_dir, ..charm };
+        let charm = Charm {
+            dir: final_dir,
+            ..charm
+        };
         let name = charm.metadata.name.clone();
-        self.inner.charms.write().expect("lock").insert(sha.clone(), charm);
+        self.inner
+            .charms
+            .write()
+            .expect("lock")
+            .insert(sha.clone(), charm);
         Ok(api::CharmUploaded { name, sha256: sha })
     }
 
@@ -402,7 +497,12 @@ impl Controller {
         if !sha.chars().all(|c| c.is_ascii_hexdigit()) || sha.len() != 64 {
             return Err(not_found("charm", sha));
         }
-        let path = self.inner.config.data_dir.join("charms").join(format!("{sha}.tar"));
+        let path = self
+            .inner
+            .config
+            .data_dir
+            .join("charms")
+            .join(format!("{sha}.tar"));
         if !path.exists() {
             return Err(not_found("charm", sha));
         }
@@ -419,7 +519,12 @@ impl Controller {
         (token, hash)
     }
 
-    fn add_machine_in(&self, m: &mut Model, placement: Option<&str>, constraints: Option<String>) -> Result<String> {
+    fn add_machine_in(
+        &self,
+        m: &mut Model,
+        placement: Option<&str>,
+        constraints: Option<String>,
+    ) -> Result<String> {
         let (_, hash) = self.new_token();
         match placement {
             None => m.add_machine(None, None, constraints, hash),
@@ -433,7 +538,10 @@ impl Controller {
                 }
                 m.add_machine(None, Some(p.to_string()), constraints, hash)
             }
-            Some(p) => Err(invalid("placement", format!("unknown placement {p:?}: expected lxd:N or ssh:user@host"))),
+            Some(p) => Err(invalid(
+                "placement",
+                format!("unknown placement {p:?}: expected lxd:N or ssh:user@host"),
+            )),
         }
     }
 
@@ -444,7 +552,9 @@ impl Controller {
         let ids = self
             .with_model(model, |m, _, _| {
                 (0..req.count)
-                    .map(|_| self.add_machine_in(m, req.placement.as_deref(), req.constraints.clone()))
+                    .map(|_| {
+                        self.add_machine_in(m, req.placement.as_deref(), req.constraints.clone())
+                    })
                     .collect::<Result<Vec<_>>>()
             })
             .await?;
@@ -454,13 +564,21 @@ impl Controller {
 
     /// Places `count` new units of `app`: each on its `to` placement, or a
     /// new machine.
-    fn place_units(&self, m: &mut Model, app: &str, count: u32, to: &[String]) -> Result<Vec<String>> {
+    fn place_units(
+        &self,
+        m: &mut Model,
+        app: &str,
+        count: u32,
+        to: &[String],
+    ) -> Result<Vec<String>> {
         let mut units = Vec::new();
         for i in 0..count as usize {
             let machine = match to.get(i) {
                 Some(t) => match m.check_placement(t)? {
                     Placement::Existing(id) => id,
-                    Placement::NewContainer(host) => self.add_machine_in(m, Some(&format!("lxd:{host}")), None)?,
+                    Placement::NewContainer(host) => {
+                        self.add_machine_in(m, Some(&format!("lxd:{host}")), None)?
+                    }
                 },
                 None => self.add_machine_in(m, None, None)?,
             };
@@ -475,8 +593,13 @@ impl Controller {
         }
         let units = self
             .with_model(model, |m, charms, _| {
-                let charm = charms.get(&req.charm).ok_or_else(|| not_found("charm", &req.charm))?;
-                let name = req.application.clone().unwrap_or_else(|| charm.metadata.name.clone());
+                let charm = charms
+                    .get(&req.charm)
+                    .ok_or_else(|| not_found("charm", &req.charm))?;
+                let name = req
+                    .application
+                    .clone()
+                    .unwrap_or_else(|| charm.metadata.name.clone());
                 let config = model::typed_config(charm, &req.config)?;
                 // Placements are checked before anything is added.
                 for t in &req.to {
@@ -490,11 +613,20 @@ impl Controller {
         Ok(units)
     }
 
-    pub async fn add_units(&self, model: &str, app: &str, req: &api::AddUnits) -> Result<Vec<String>> {
+    pub async fn add_units(
+        &self,
+        model: &str,
+        app: &str,
+        req: &api::AddUnits,
+    ) -> Result<Vec<String>> {
         if req.count == 0 || req.count > 100 {
             return Err(invalid("count", "between 1 and 100"));
         }
-        let units = self.with_model(model, |m, _, _| self.place_units(m, app, req.count, &req.to)).await?;
+        let units = self
+            .with_model(model, |m, _, _| {
+                self.place_units(m, app, req.count, &req.to)
+            })
+            .await?;
         self.inner.provision.notify_one();
         Ok(units)
     }
@@ -504,38 +636,56 @@ impl Controller {
     }
 
     pub async fn remove_application(&self, model: &str, app: &str) -> Result<()> {
-        self.with_model(model, |m, _, _| m.remove_application(app)).await
+        self.with_model(model, |m, _, _| m.remove_application(app))
+            .await
     }
 
     pub async fn relate(&self, model: &str, req: &api::Relate) -> Result<u64> {
-        self.with_model(model, |m, charms, _| m.relate(charms, &req.a, &req.b)).await
+        self.with_model(model, |m, charms, _| m.relate(charms, &req.a, &req.b))
+            .await
     }
 
     pub async fn remove_relation(&self, model: &str, req: &api::Relate) -> Result<()> {
-        self.with_model(model, |m, charms, _| m.remove_relation(charms, &req.a, &req.b)).await
+        self.with_model(model, |m, charms, _| {
+            m.remove_relation(charms, &req.a, &req.b)
+        })
+        .await
     }
 
     pub async fn set_config(&self, model: &str, app: &str, req: &api::SetConfig) -> Result<()> {
-        self.with_model(model, |m, charms, _| m.set_config(charms, app, &req.set, &req.reset)).await
+        self.with_model(model, |m, charms, _| {
+            m.set_config(charms, app, &req.set, &req.reset)
+        })
+        .await
     }
 
-    pub async fn config(&self, model: &str, app: &str) -> Result<BTreeMap<String, api::ConfigEntry>> {
-        self.read_model(model, |m, charms, _| m.config_of(charms, app)).await
+    pub async fn config(
+        &self,
+        model: &str,
+        app: &str,
+    ) -> Result<BTreeMap<String, api::ConfigEntry>> {
+        self.read_model(model, |m, charms, _| m.config_of(charms, app))
+            .await
     }
 
     pub async fn expose(&self, model: &str, app: &str, exposed: bool) -> Result<()> {
-        self.with_model(model, |m, _, _| m.expose(app, exposed)).await
+        self.with_model(model, |m, _, _| m.expose(app, exposed))
+            .await
     }
 
     pub async fn resolve(&self, model: &str, unit: &str, retry: bool) -> Result<()> {
-        self.with_model(model, |m, _, _| m.resolve_unit(unit, retry)).await
+        self.with_model(model, |m, _, _| m.resolve_unit(unit, retry))
+            .await
     }
 
     pub async fn run_action(&self, model: &str, unit: &str, req: &api::RunAction) -> Result<u64> {
         if req.name == "exec" {
             return Err(invalid("name", "exec is kumo exec's; name a charm action"));
         }
-        self.with_model(model, |m, _, now| m.enqueue_action(unit, &req.name, req.params.clone(), None, now)).await
+        self.with_model(model, |m, _, now| {
+            m.enqueue_action(unit, &req.name, req.params.clone(), None, now)
+        })
+        .await
     }
 
     /// `kumo exec`: one action per target unit (applications expand).
@@ -546,7 +696,12 @@ impl Controller {
                 if t.contains('/') {
                     units.push(t.clone());
                 } else {
-                    let of_app: Vec<String> = m.units.values().filter(|u| &u.application == t).map(|u| u.name.clone()).collect();
+                    let of_app: Vec<String> = m
+                        .units
+                        .values()
+                        .filter(|u| &u.application == t)
+                        .map(|u| u.name.clone())
+                        .collect();
                     if of_app.is_empty() {
                         return Err(not_found("application", t));
                     }
@@ -555,7 +710,9 @@ impl Controller {
             }
             units
                 .iter()
-                .map(|u| m.enqueue_action(u, "exec", BTreeMap::new(), Some(req.command.clone()), now))
+                .map(|u| {
+                    m.enqueue_action(u, "exec", BTreeMap::new(), Some(req.command.clone()), now)
+                })
                 .collect()
         })
         .await
@@ -566,11 +723,13 @@ impl Controller {
     }
 
     pub async fn status(&self, model: &str) -> Result<api::Status> {
-        self.read_model(model, |m, charms, now| Ok(m.status(charms, now))).await
+        self.read_model(model, |m, charms, now| Ok(m.status(charms, now)))
+            .await
     }
 
     pub async fn show_unit(&self, model: &str, unit: &str) -> Result<api::UnitDetail> {
-        self.read_model(model, |m, charms, now| m.unit_detail(charms, unit, now)).await
+        self.read_model(model, |m, charms, now| m.unit_detail(charms, unit, now))
+            .await
     }
 
     pub async fn logs(&self, model: &str, after: i64, limit: i64) -> Result<Vec<api::LogEntry>> {
@@ -587,7 +746,13 @@ impl Controller {
             .model_logs(model, after, limit)
             .await?
             .into_iter()
-            .map(|l| api::LogEntry { id: l.id, entity: l.entity, at: l.at, level: l.level, message: l.message })
+            .map(|l| api::LogEntry {
+                id: l.id,
+                entity: l.entity,
+                at: l.at,
+                level: l.level,
+                message: l.message,
+            })
             .collect())
     }
 
@@ -595,7 +760,10 @@ impl Controller {
     pub async fn machine_address(&self, model: &str, target: &str) -> Result<String> {
         self.read_model(model, |m, _, _| {
             let machine = if target.contains('/') && !target.contains("/lxd/") {
-                m.units.get(target).map(|u| u.machine.clone()).ok_or_else(|| not_found("unit", target))?
+                m.units
+                    .get(target)
+                    .map(|u| u.machine.clone())
+                    .ok_or_else(|| not_found("unit", target))?
             } else {
                 target.to_string()
             };
@@ -604,7 +772,9 @@ impl Controller {
                 .ok_or_else(|| not_found("machine", &machine))?
                 .address
                 .clone()
-                .ok_or_else(|| ControllerError::Conflict(format!("machine {machine} has no address yet")))
+                .ok_or_else(|| {
+                    ControllerError::Conflict(format!("machine {machine} has no address yet"))
+                })
         })
         .await
     }
@@ -623,12 +793,18 @@ impl Controller {
 
     /// `kumo deploy bundle.yaml` and `kumo plan`: the steps that make the
     /// model match, applied unless `dry_run`. A second run plans nothing.
-    pub async fn deploy_bundle(&self, model: &str, req: &api::BundleRequest) -> Result<api::BundlePlan> {
-        let bundle = kumo_charm::Bundle::parse(&req.file, &req.text).map_err(ControllerError::Bundle)?;
+    pub async fn deploy_bundle(
+        &self,
+        model: &str,
+        req: &api::BundleRequest,
+    ) -> Result<api::BundlePlan> {
+        let bundle =
+            kumo_charm::Bundle::parse(&req.file, &req.text).map_err(ControllerError::Bundle)?;
         let by_name = self.bundle_charms(req)?;
         let plan = self
             .with_model(model, |m, _, _| {
-                let steps = kumo_charm::plan(&m.bundle_state(), &bundle, &by_name).map_err(ControllerError::Bundle)?;
+                let steps = kumo_charm::plan(&m.bundle_state(), &bundle, &by_name)
+                    .map_err(ControllerError::Bundle)?;
                 if !req.dry_run {
                     for step in &steps {
                         self.apply_step(m, step, &req.charms, &by_name)?;
@@ -638,7 +814,10 @@ impl Controller {
             })
             .await?;
         self.inner.provision.notify_one();
-        Ok(api::BundlePlan { steps: plan, applied: !req.dry_run })
+        Ok(api::BundlePlan {
+            steps: plan,
+            applied: !req.dry_run,
+        })
     }
 
     fn apply_step(
@@ -653,41 +832,77 @@ impl Controller {
             Step::AddMachine { id, spec, .. } => {
                 let got = self.add_machine_in(m, None, spec.constraints.clone())?;
                 if &got != id {
-                    return Err(ControllerError::Conflict(format!("bundle planned machine {id}, model made {got}")));
+                    return Err(ControllerError::Conflict(format!(
+                        "bundle planned machine {id}, model made {got}"
+                    )));
                 }
             }
             Step::AddContainer { id, host, .. } => {
                 let got = self.add_machine_in(m, Some(&format!("lxd:{host}")), None)?;
                 if &got != id {
-                    return Err(ControllerError::Conflict(format!("bundle planned container {id}, model made {got}")));
+                    return Err(ControllerError::Conflict(format!(
+                        "bundle planned container {id}, model made {got}"
+                    )));
                 }
             }
-            Step::Deploy { application, charm, config, constraints, expose, .. } => {
+            Step::Deploy {
+                application,
+                charm,
+                config,
+                constraints,
+                expose,
+                ..
+            } => {
                 let c = charms.get(charm).ok_or_else(|| not_found("charm", charm))?;
                 let sha = &shas[charm];
-                let config = config.iter().map(|(k, v)| (k.clone(), model_json(v))).collect();
+                let config = config
+                    .iter()
+                    .map(|(k, v)| (k.clone(), model_json(v)))
+                    .collect();
                 m.deploy(application, c, sha, config, constraints.clone())?;
                 if *expose {
                     m.expose(application, true)?;
                 }
             }
-            Step::SetConfig { application, config } => {
-                let a = m.doc.applications.get_mut(application).ok_or_else(|| not_found("application", application))?;
-                a.config.extend(config.iter().map(|(k, v)| (k.clone(), model_json(v))));
+            Step::SetConfig {
+                application,
+                config,
+            } => {
+                let a = m
+                    .doc
+                    .applications
+                    .get_mut(application)
+                    .ok_or_else(|| not_found("application", application))?;
+                a.config
+                    .extend(config.iter().map(|(k, v)| (k.clone(), model_json(v))));
                 m.dirty.model = true;
             }
-            Step::SetConstraints { application, constraints } => {
-                let a = m.doc.applications.get_mut(application).ok_or_else(|| not_found("application", application))?;
+            Step::SetConstraints {
+                application,
+                constraints,
+            } => {
+                let a = m
+                    .doc
+                    .applications
+                    .get_mut(application)
+                    .ok_or_else(|| not_found("application", application))?;
                 a.constraints = Some(constraints.clone());
                 m.dirty.model = true;
             }
             Step::Expose { application } => m.expose(application, true)?,
-            Step::AddUnit { application, machine, .. } => {
+            Step::AddUnit {
+                application,
+                machine,
+                ..
+            } => {
                 m.add_unit(application, machine)?;
             }
             Step::Relate(r) => {
                 let [(a, ae), (b, be)] = &r.ends;
-                let charms_by_sha: BTreeMap<String, Charm> = charms.iter().map(|(n, c)| (shas[n].clone(), c.clone())).collect();
+                let charms_by_sha: BTreeMap<String, Charm> = charms
+                    .iter()
+                    .map(|(n, c)| (shas[n].clone(), c.clone()))
+                    .collect();
                 m.relate(&charms_by_sha, &format!("{a}:{ae}"), &format!("{b}:{be}"))?;
             }
         }
@@ -695,7 +910,8 @@ impl Controller {
     }
 
     pub async fn diff_bundle(&self, model: &str, req: &api::BundleRequest) -> Result<Vec<String>> {
-        let bundle = kumo_charm::Bundle::parse(&req.file, &req.text).map_err(ControllerError::Bundle)?;
+        let bundle =
+            kumo_charm::Bundle::parse(&req.file, &req.text).map_err(ControllerError::Bundle)?;
         let by_name = self.bundle_charms(req)?;
         self.read_model(model, |m, _, _| {
             Ok(kumo_charm::diff(&m.bundle_state(), &bundle, &by_name)
@@ -708,13 +924,19 @@ impl Controller {
     }
 
     pub async fn export_bundle(&self, model: &str) -> Result<String> {
-        self.read_model(model, |m, _, _| Ok(kumo_charm::export(&m.bundle_state()).render())).await
+        self.read_model(model, |m, _, _| {
+            Ok(kumo_charm::export(&m.bundle_state()).render())
+        })
+        .await
     }
 
     // ---- agents -----------------------------------------------------------------
 
     fn check_token(m: &Model, machine: &str, token: &str) -> Result<()> {
-        let mach = m.machines.get(machine).ok_or_else(|| ControllerError::Unauthorized(machine.to_string()))?;
+        let mach = m
+            .machines
+            .get(machine)
+            .ok_or_else(|| ControllerError::Unauthorized(machine.to_string()))?;
         if sha256_hex(token.as_bytes()) != mach.token_hash {
             return Err(ControllerError::Unauthorized(machine.to_string()));
         }
@@ -723,17 +945,28 @@ impl Controller {
 
     /// An agent's long poll: returns at once when its view differs from
     /// `since`, else when it changes or the poll times out.
-    pub async fn agent_view(&self, model: &str, machine: &str, token: &str, since: Option<&str>) -> Result<MachineView> {
+    pub async fn agent_view(
+        &self,
+        model: &str,
+        machine: &str,
+        token: &str,
+        since: Option<&str>,
+    ) -> Result<MachineView> {
         let mut rx = self.inner.changed.subscribe();
         let deadline = tokio::time::Instant::now() + self.inner.config.poll_timeout;
         loop {
             let view = {
                 let mut models = self.inner.models.lock().await;
-                let m = models.get_mut(model).ok_or_else(|| not_found("model", model))?;
+                let m = models
+                    .get_mut(model)
+                    .ok_or_else(|| not_found("model", model))?;
                 Self::check_token(m, machine, token)?;
                 let now = self.now();
                 m.seen.insert(machine.to_string(), now);
-                let first = m.machines.get(machine).is_some_and(|x| x.agent_seen.is_none() || x.state != MachineState::Started);
+                let first = m
+                    .machines
+                    .get(machine)
+                    .is_some_and(|x| x.agent_seen.is_none() || x.state != MachineState::Started);
                 if first {
                     let x = m.machines.get_mut(machine).expect("checked");
                     x.agent_seen = Some(now);
@@ -757,20 +990,38 @@ impl Controller {
         }
     }
 
-    pub async fn agent_commit(&self, model: &str, machine: &str, token: &str, commit: &HookCommit) -> Result<CommitAck> {
+    pub async fn agent_commit(
+        &self,
+        model: &str,
+        machine: &str,
+        token: &str,
+        commit: &HookCommit,
+    ) -> Result<CommitAck> {
         let (state, state_version) = self
             .with_model(model, |m, _, now| {
                 Self::check_token(m, machine, token)?;
                 m.commit(machine, commit, now)
             })
             .await?;
-        Ok(CommitAck { state, state_version })
+        Ok(CommitAck {
+            state,
+            state_version,
+        })
     }
 
     /// The agent says a unit started a hook (status shows "executing").
-    pub async fn agent_running(&self, model: &str, machine: &str, token: &str, unit: &str, hook: &str) -> Result<()> {
+    pub async fn agent_running(
+        &self,
+        model: &str,
+        machine: &str,
+        token: &str,
+        unit: &str,
+        hook: &str,
+    ) -> Result<()> {
         let mut models = self.inner.models.lock().await;
-        let m = models.get_mut(model).ok_or_else(|| not_found("model", model))?;
+        let m = models
+            .get_mut(model)
+            .ok_or_else(|| not_found("model", model))?;
         Self::check_token(m, machine, token)?;
         m.running.insert(unit.to_string(), hook.to_string());
         Ok(())
@@ -779,7 +1030,14 @@ impl Controller {
     /// `secret-get`: a charm secret in clear, for a hook of `unit` only.
     /// A unit's own application's secret is made on first use: 24
     /// characters from the injected entropy, sealed before it is stored.
-    pub async fn agent_secret(&self, model: &str, machine: &str, token: &str, unit: &str, id: &str) -> Result<String> {
+    pub async fn agent_secret(
+        &self,
+        model: &str,
+        machine: &str,
+        token: &str,
+        unit: &str,
+        id: &str,
+    ) -> Result<String> {
         let alphabet = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
         self.with_model(model, |m, _, _| {
             Self::check_token(m, machine, token)?;
@@ -788,32 +1046,52 @@ impl Controller {
             }
             let (owner, name, may_create) = m.secret_access(unit, id)?;
             if let Some(sealed) = m.doc.secrets.get(&owner).and_then(|s| s.get(&name)) {
-                let opened = self
-                    .inner
-                    .secrets
-                    .open(sealed)
-                    .map_err(|e| ControllerError::Conflict(format!("secret {owner}/{name}: {e}")))?;
-                return Ok(opened.get("value").and_then(|v| v.as_str()).unwrap_or_default().to_string());
+                let opened = self.inner.secrets.open(sealed).map_err(|e| {
+                    ControllerError::Conflict(format!("secret {owner}/{name}: {e}"))
+                })?;
+                return Ok(opened
+                    .get("value")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_string());
             }
             if !may_create {
                 return Err(not_found("secret", &format!("{owner}/{name}")));
             }
             let mut raw = [0u8; 24];
             self.inner.entropy.fill(&mut raw);
-            let value: String = raw.iter().map(|b| alphabet[*b as usize % alphabet.len()] as char).collect();
+            let value: String = raw
+                .iter()
+                .map(|b| alphabet[*b as usize % alphabet.len()] as char)
+                .collect();
             let mut map = serde_json::Map::new();
             map.insert("value".into(), serde_json::Value::String(value.clone()));
             let sealed = self.inner.secrets.seal(&map, self.inner.entropy.as_ref());
-            m.doc.secrets.entry(owner.clone()).or_default().insert(name.clone(), sealed);
+            m.doc
+                .secrets
+                .entry(owner.clone())
+                .or_default()
+                .insert(name.clone(), sealed);
             m.dirty.model = true;
-            m.log(&unit_entity(unit), Level::Info, format!("secret {owner}/{name} created"));
+            m.log(
+                &unit_entity(unit),
+                Level::Info,
+                format!("secret {owner}/{name} created"),
+            );
             Ok(value)
         })
         .await
     }
 
-    pub async fn agent_charm(&self, model: &str, machine: &str, token: &str, sha: &str) -> Result<PathBuf> {
-        self.read_model(model, |m, _, _| Self::check_token(m, machine, token)).await?;
+    pub async fn agent_charm(
+        &self,
+        model: &str,
+        machine: &str,
+        token: &str,
+        sha: &str,
+    ) -> Result<PathBuf> {
+        self.read_model(model, |m, _, _| Self::check_token(m, machine, token))
+            .await?;
         self.charm_archive(sha)
     }
 
@@ -836,7 +1114,9 @@ impl Controller {
     /// One pass: every machine not yet made gets an address and an agent
     /// token and is handed to the provider (which is idempotent).
     pub async fn provision_pending(&self) -> Result<()> {
-        let Some(boot) = self.bootstrap_config() else { return Ok(()) };
+        let Some(boot) = self.bootstrap_config() else {
+            return Ok(());
+        };
         let work: Vec<(String, ProviderKind, MachineDoc)> = {
             let models = self.inner.models.lock().await;
             models
@@ -844,7 +1124,18 @@ impl Controller {
                 .flat_map(|m| {
                     m.machines
                         .values()
-                        .filter(|x| matches!(x.state, MachineState::Pending | MachineState::Error))
+                        .filter(|x| match x.state {
+                            MachineState::Pending => true,
+                            // Failed ones again after a back-off: 10 s, 20 s, … 5 min.
+                            MachineState::Error => self
+                                .inner
+                                .retries
+                                .lock()
+                                .expect("lock")
+                                .get(&(m.doc.name.clone(), x.id.clone()))
+                                .is_none_or(|(_, at)| *at <= self.now()),
+                            _ => false,
+                        })
                         .map(|x| (m.doc.name.clone(), m.doc.provider, x.clone()))
                         .collect::<Vec<_>>()
                 })
@@ -853,16 +1144,22 @@ impl Controller {
         for (model, kind, mach) in work {
             // A fresh token per attempt: only the hash is stored.
             let (token, hash) = self.new_token();
-            let instance = provider::instance_name(&model, &mach.id);
+            let instance = provider::instance_name(&boot.controller_id, &model, &mach.id);
             let address = match kind {
                 ProviderKind::Containers => {
                     let used: Vec<String> = {
                         let models = self.inner.models.lock().await;
-                        models.values().flat_map(|m| m.machines.values().filter_map(|x| x.address.clone())).collect()
+                        models
+                            .values()
+                            .flat_map(|m| m.machines.values().filter_map(|x| x.address.clone()))
+                            .collect()
                     };
                     match mach.address.clone() {
                         Some(a) => Some(a),
-                        None => Some(provider::pick_address(&boot.address_range, &used).map_err(|m| ControllerError::Provider(m))?),
+                        None => Some(
+                            provider::pick_address(&boot.address_range, &used)
+                                .map_err(ControllerError::Provider)?,
+                        ),
                     }
                 }
                 ProviderKind::Manual => None,
@@ -895,6 +1192,20 @@ impl Controller {
             };
             tracing::info!(model, machine = mach.id, instance, "provisioning machine");
             let result = self.inner.provider.provision(&req).await;
+            {
+                let mut retries = self.inner.retries.lock().expect("lock");
+                let key = (model.clone(), mach.id.clone());
+                match &result {
+                    Ok(_) => {
+                        retries.remove(&key);
+                    }
+                    Err(_) => {
+                        let attempts = retries.get(&key).map_or(1, |(n, _)| n + 1);
+                        let wait = (10_000i64 << attempts.min(5)).min(300_000);
+                        retries.insert(key, (attempts, self.now() + wait));
+                    }
+                }
+            }
             self.with_model(&model, |m, _, _| {
                 if let Some(x) = m.machines.get_mut(&mach.id) {
                     match &result {
@@ -911,8 +1222,14 @@ impl Controller {
                     }
                     m.dirty.machines.insert(mach.id.clone());
                     let (level, text) = match &result {
-                        Ok(_) => (Level::Info, format!("machine {} provisioned as {instance}", mach.id)),
-                        Err(e) => (Level::Error, format!("provisioning machine {} failed: {e}", mach.id)),
+                        Ok(_) => (
+                            Level::Info,
+                            format!("machine {} provisioned as {instance}", mach.id),
+                        ),
+                        Err(e) => (
+                            Level::Error,
+                            format!("provisioning machine {} failed: {e}", mach.id),
+                        ),
                     };
                     m.log(&machine_entity(&mach.id), level, text);
                 }

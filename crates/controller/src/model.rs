@@ -8,7 +8,7 @@ use kumo_charm::{Charm, RelationEnd as EndSpec, Role, Value};
 use kumo_model::orchestra as api;
 use kumo_uniter::{
     digest, ActionOutcome, ActionRequest, AssignedUnit, CharmRef, HookCommit, HookResult, Level,
-    Life, MachineView, RelationView, Resolve, UniterState, UnitView, Versioned, WorkloadState,
+    Life, MachineView, RelationView, Resolve, UnitView, UniterState, Versioned, WorkloadState,
     WorkloadStatus,
 };
 
@@ -75,7 +75,14 @@ pub fn typed_config(
 ) -> Result<BTreeMap<String, serde_json::Value>> {
     let typed = charm
         .config
-        .parse_assignments(given.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().iter().map(String::as_str))
+        .parse_assignments(
+            given
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .iter()
+                .map(String::as_str),
+        )
         .map_err(ControllerError::Config)?;
     Ok(typed.iter().map(|(k, v)| (k.clone(), to_json(v))).collect())
 }
@@ -97,7 +104,9 @@ impl Model {
     }
 
     pub fn log(&mut self, entity: &str, level: Level, message: impl Into<String>) {
-        self.dirty.logs.push((entity.to_string(), level, message.into()));
+        self.dirty
+            .logs
+            .push((entity.to_string(), level, message.into()));
     }
 
     fn app(&self, name: &str) -> Result<&AppDoc> {
@@ -109,9 +118,7 @@ impl Model {
 
     fn charm_of<'c>(&self, charms: &'c dyn Charms, app: &str) -> Result<&'c Charm> {
         let sha = &self.app(app)?.charm.sha256;
-        charms
-            .get(sha)
-            .ok_or_else(|| not_found("charm", sha))
+        charms.get(sha).ok_or_else(|| not_found("charm", sha))
     }
 
     // ---- machines ----------------------------------------------------------
@@ -128,7 +135,10 @@ impl Model {
         let id = match host {
             Some(h) => {
                 if !self.machines.contains_key(h) {
-                    return Err(invalid("placement", format!("no machine {h} in model {}", self.doc.name)));
+                    return Err(invalid(
+                        "placement",
+                        format!("no machine {h} in model {}", self.doc.name),
+                    ));
                 }
                 let n = (0..)
                     .find(|k| !self.machines.contains_key(&format!("{h}/lxd/{k}")))
@@ -157,7 +167,11 @@ impl Model {
             },
         );
         self.dirty.machines.insert(id.clone());
-        self.log(&machine_entity(&id), Level::Info, format!("machine {id} added"));
+        self.log(
+            &machine_entity(&id),
+            Level::Info,
+            format!("machine {id} added"),
+        );
         Ok(id)
     }
 
@@ -166,14 +180,23 @@ impl Model {
     pub fn check_placement(&self, to: &str) -> Result<Placement> {
         if let Some(host) = to.strip_prefix("lxd:") {
             if !self.machines.contains_key(host) {
-                return Err(invalid("to", format!("placement {to}: no machine {host} in model {}", self.doc.name)));
+                return Err(invalid(
+                    "to",
+                    format!(
+                        "placement {to}: no machine {host} in model {}",
+                        self.doc.name
+                    ),
+                ));
             }
             return Ok(Placement::NewContainer(host.to_string()));
         }
         if self.machines.contains_key(to) {
             return Ok(Placement::Existing(to.to_string()));
         }
-        Err(invalid("to", format!("placement {to}: no machine {to} in model {}", self.doc.name)))
+        Err(invalid(
+            "to",
+            format!("placement {to}: no machine {to} in model {}", self.doc.name),
+        ))
     }
 
     // ---- applications ------------------------------------------------------
@@ -187,7 +210,10 @@ impl Model {
         constraints: Option<String>,
     ) -> Result<()> {
         if !kumo_charm::valid_application_name(name) {
-            return Err(invalid("application", format!("invalid application name {name:?}")));
+            return Err(invalid(
+                "application",
+                format!("invalid application name {name:?}"),
+            ));
         }
         if self.doc.applications.contains_key(name) {
             return Err(ControllerError::AlreadyExists {
@@ -212,13 +238,23 @@ impl Model {
             },
         );
         self.dirty.model = true;
-        self.log(name, Level::Info, format!("deployed application {name} from charm {}", charm.metadata.name));
+        self.log(
+            name,
+            Level::Info,
+            format!(
+                "deployed application {name} from charm {}",
+                charm.metadata.name
+            ),
+        );
         Ok(())
     }
 
     pub fn add_unit(&mut self, app: &str, machine: &str) -> Result<String> {
         if !self.machines.contains_key(machine) {
-            return Err(invalid("to", format!("no machine {machine} in model {}", self.doc.name)));
+            return Err(invalid(
+                "to",
+                format!("no machine {machine} in model {}", self.doc.name),
+            ));
         }
         let a = self
             .doc
@@ -226,7 +262,9 @@ impl Model {
             .get_mut(app)
             .ok_or_else(|| not_found("application", app))?;
         if a.life == Life::Dying {
-            return Err(ControllerError::Conflict(format!("application {app} is being removed")));
+            return Err(ControllerError::Conflict(format!(
+                "application {app} is being removed"
+            )));
         }
         let name = format!("{app}/{}", a.next_unit);
         a.next_unit += 1;
@@ -251,7 +289,11 @@ impl Model {
             },
         );
         self.dirty.units.insert(name.clone());
-        self.log(&unit_entity(&name), Level::Info, format!("unit {name} added on machine {machine}"));
+        self.log(
+            &unit_entity(&name),
+            Level::Info,
+            format!("unit {name} added on machine {machine}"),
+        );
         self.elect(app);
         Ok(name)
     }
@@ -262,11 +304,7 @@ impl Model {
         let Some(a) = self.doc.applications.get(app) else {
             return;
         };
-        let alive = |u: &str| {
-            self.units
-                .get(u)
-                .is_some_and(|x| x.life == Life::Alive)
-        };
+        let alive = |u: &str| self.units.get(u).is_some_and(|x| x.life == Life::Alive);
         if a.leader.as_deref().is_some_and(alive) {
             return;
         }
@@ -278,7 +316,11 @@ impl Model {
             .map(|u| u.name.clone());
         if a.leader != next {
             if let Some(n) = &next {
-                self.log(&unit_entity(n), Level::Info, format!("unit {n} is now the leader of {app}"));
+                self.log(
+                    &unit_entity(n),
+                    Level::Info,
+                    format!("unit {n} is now the leader of {app}"),
+                );
             }
             self.doc.applications.get_mut(app).expect("checked").leader = next;
             self.dirty.model = true;
@@ -296,7 +338,11 @@ impl Model {
         u.life = Life::Dying;
         let app = u.application.clone();
         self.dirty.units.insert(unit.to_string());
-        self.log(&unit_entity(unit), Level::Info, format!("unit {unit} is being removed"));
+        self.log(
+            &unit_entity(unit),
+            Level::Info,
+            format!("unit {unit} is being removed"),
+        );
         self.elect(&app);
         Ok(())
     }
@@ -329,7 +375,11 @@ impl Model {
         for u in &units {
             self.remove_unit(u)?;
         }
-        self.log(app, Level::Info, format!("application {app} is being removed"));
+        self.log(
+            app,
+            Level::Info,
+            format!("application {app} is being removed"),
+        );
         self.reap_application(app);
         Ok(())
     }
@@ -375,7 +425,11 @@ impl Model {
         Ok(())
     }
 
-    pub fn config_of(&self, charms: &dyn Charms, app: &str) -> Result<BTreeMap<String, api::ConfigEntry>> {
+    pub fn config_of(
+        &self,
+        charms: &dyn Charms,
+        app: &str,
+    ) -> Result<BTreeMap<String, api::ConfigEntry>> {
         let charm = self.charm_of(charms, app)?;
         let a = self.app(app)?;
         Ok(charm
@@ -399,7 +453,11 @@ impl Model {
     }
 
     /// The application's config with defaults: what hooks see.
-    fn effective_config(&self, charms: &dyn Charms, app: &AppDoc) -> BTreeMap<String, serde_json::Value> {
+    fn effective_config(
+        &self,
+        charms: &dyn Charms,
+        app: &AppDoc,
+    ) -> BTreeMap<String, serde_json::Value> {
         let mut out: BTreeMap<String, serde_json::Value> = BTreeMap::new();
         if let Some(charm) = charms.get(&app.charm.sha256) {
             for (k, o) in &charm.config.options {
@@ -440,11 +498,17 @@ impl Model {
 
     /// Resolves `a[:endpoint] b[:endpoint]` to endpoints whose interfaces
     /// match, as `kumo relate` and `remove-relation` take them.
-    fn resolve(&self, charms: &dyn Charms, a: &str, b: &str) -> Result<(EndSpec, EndSpec, String, [Role; 2])> {
+    fn resolve(
+        &self,
+        charms: &dyn Charms,
+        a: &str,
+        b: &str,
+    ) -> Result<(EndSpec, EndSpec, String, [Role; 2])> {
         let (ea, eb) = (Self::parse_end(a), Self::parse_end(b));
         let ca = self.charm_of(charms, &ea.application)?;
         let cb = self.charm_of(charms, &eb.application)?;
-        let rel = kumo_charm::resolve_relation(&ea, ca, &eb, cb).map_err(ControllerError::Relation)?;
+        let rel =
+            kumo_charm::resolve_relation(&ea, ca, &eb, cb).map_err(ControllerError::Relation)?;
         let find = |app: &str| {
             rel.ends
                 .iter()
@@ -456,15 +520,26 @@ impl Model {
         let epa = ca.metadata.endpoint_named(&na).expect("resolved");
         let epb = cb.metadata.endpoint_named(&nb).expect("resolved");
         Ok((
-            EndSpec { application: ea.application, endpoint: Some(na) },
-            EndSpec { application: eb.application, endpoint: Some(nb) },
+            EndSpec {
+                application: ea.application,
+                endpoint: Some(na),
+            },
+            EndSpec {
+                application: eb.application,
+                endpoint: Some(nb),
+            },
             epa.interface,
             [epa.role, epb.role],
         ))
     }
 
     fn find_relation(&self, a: &EndSpec, b: &EndSpec) -> Option<u64> {
-        let key = |e: &EndSpec| (e.application.clone(), e.endpoint.clone().unwrap_or_default());
+        let key = |e: &EndSpec| {
+            (
+                e.application.clone(),
+                e.endpoint.clone().unwrap_or_default(),
+            )
+        };
         let want: BTreeSet<_> = [key(a), key(b)].into_iter().collect();
         self.doc
             .relations
@@ -490,7 +565,10 @@ impl Model {
         }
         for e in [&ea, &eb] {
             if self.app(&e.application)?.life == Life::Dying {
-                return Err(ControllerError::Conflict(format!("application {} is being removed", e.application)));
+                return Err(ControllerError::Conflict(format!(
+                    "application {} is being removed",
+                    e.application
+                )));
             }
         }
         let id = self.doc.next_relation;
@@ -515,7 +593,11 @@ impl Model {
             ends,
             app_data: BTreeMap::new(),
         };
-        self.log(&ea.application, Level::Info, format!("relation {} added", rel.key()));
+        self.log(
+            &ea.application,
+            Level::Info,
+            format!("relation {} added", rel.key()),
+        );
         self.doc.relations.insert(id, rel);
         self.dirty.model = true;
         Ok(id)
@@ -528,7 +610,11 @@ impl Model {
             .ok_or_else(|| not_found("relation", &format!("{a} {b}")))?;
         let rel = self.doc.relations.remove(&id).expect("found");
         self.dirty.model = true;
-        self.log(&ea.application, Level::Info, format!("relation {} removed", rel.key()));
+        self.log(
+            &ea.application,
+            Level::Info,
+            format!("relation {} removed", rel.key()),
+        );
         Ok(())
     }
 
@@ -540,14 +626,20 @@ impl Model {
             .get_mut(unit)
             .ok_or_else(|| not_found("unit", unit))?;
         if u.state.error.is_none() {
-            return Err(ControllerError::Conflict(format!("unit {unit} is not in error")));
+            return Err(ControllerError::Conflict(format!(
+                "unit {unit} is not in error"
+            )));
         }
         u.resolve = Resolve {
             seq: u.resolve.seq + 1,
             retry,
         };
         self.dirty.units.insert(unit.to_string());
-        self.log(&unit_entity(unit), Level::Info, format!("resolved ({})", if retry { "retry" } else { "no retry" }));
+        self.log(
+            &unit_entity(unit),
+            Level::Info,
+            format!("resolved ({})", if retry { "retry" } else { "no retry" }),
+        );
         Ok(())
     }
 
@@ -596,7 +688,9 @@ impl Model {
             .unwrap_or_default();
         let mut relations = Vec::new();
         for rel in self.doc.relations.values() {
-            let (Some(local), Some(remote)) = (rel.end_of(&unit.application), rel.other(&unit.application)) else {
+            let (Some(local), Some(remote)) =
+                (rel.end_of(&unit.application), rel.other(&unit.application))
+            else {
                 continue;
             };
             // A remote unit is in the relation once its agent has run
@@ -609,7 +703,12 @@ impl Model {
                         && u.life == Life::Alive
                         && u.state.relations.contains_key(&rel.id)
                 })
-                .map(|u| (u.name.clone(), u.settings.get(&rel.id).cloned().unwrap_or_default()))
+                .map(|u| {
+                    (
+                        u.name.clone(),
+                        u.settings.get(&rel.id).cloned().unwrap_or_default(),
+                    )
+                })
                 .collect();
             relations.push(RelationView {
                 id: rel.id,
@@ -618,9 +717,21 @@ impl Model {
                 remote_application: remote.application.clone(),
                 life: Life::Alive,
                 remote_units,
-                remote_app: rel.app_data.get(&remote.application).cloned().unwrap_or_default(),
-                local_unit: unit.settings.get(&rel.id).map(|v| v.data.clone()).unwrap_or_default(),
-                local_app: rel.app_data.get(&unit.application).map(|v| v.data.clone()).unwrap_or_default(),
+                remote_app: rel
+                    .app_data
+                    .get(&remote.application)
+                    .cloned()
+                    .unwrap_or_default(),
+                local_unit: unit
+                    .settings
+                    .get(&rel.id)
+                    .map(|v| v.data.clone())
+                    .unwrap_or_default(),
+                local_app: rel
+                    .app_data
+                    .get(&unit.application)
+                    .map(|v| v.data.clone())
+                    .unwrap_or_default(),
             });
         }
         let actions = self
@@ -630,7 +741,9 @@ impl Model {
             .map(|a| {
                 let mut params = a.params.clone();
                 let command = if a.name == "exec" {
-                    params.remove("command").and_then(|c| c.as_str().map(str::to_string))
+                    params
+                        .remove("command")
+                        .and_then(|c| c.as_str().map(str::to_string))
                 } else {
                     None
                 };
@@ -659,7 +772,12 @@ impl Model {
     }
 
     /// What a machine's agent long-polls.
-    pub fn machine_view(&self, charms: &dyn Charms, machine: &str, update_status_interval: u64) -> MachineView {
+    pub fn machine_view(
+        &self,
+        charms: &dyn Charms,
+        machine: &str,
+        update_status_interval: u64,
+    ) -> MachineView {
         let units: Vec<AssignedUnit> = self
             .units
             .values()
@@ -683,7 +801,12 @@ impl Model {
 
     /// Applies one hook's commit. A commit already applied (the agent
     /// retrying after a lost answer) is acknowledged again, not re-applied.
-    pub fn commit(&mut self, machine: &str, c: &HookCommit, now: i64) -> Result<(UniterState, u64)> {
+    pub fn commit(
+        &mut self,
+        machine: &str,
+        c: &HookCommit,
+        now: i64,
+    ) -> Result<(UniterState, u64)> {
         let Some(u) = self.units.get(&c.unit) else {
             if c.state.removed {
                 return Ok((c.state.clone(), c.base_version + 1));
@@ -716,7 +839,11 @@ impl Model {
         u.state = c.state.clone();
         u.state_version += 1;
         let version = u.state_version;
-        let mut logs: Vec<(Level, String)> = c.logs.iter().map(|l| (l.level, l.message.clone())).collect();
+        let mut logs: Vec<(Level, String)> = c
+            .logs
+            .iter()
+            .map(|l| (l.level, l.message.clone()))
+            .collect();
         match &c.result {
             HookResult::Succeeded => {
                 u.last_failure = None;
@@ -737,7 +864,15 @@ impl Model {
             HookResult::Failed { message } => {
                 u.last_failure = Some(c.output.clone());
                 logs.push((Level::Error, format!("{hook} hook failed: {message}")));
-                for line in c.output.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev() {
+                for line in c
+                    .output
+                    .lines()
+                    .rev()
+                    .take(20)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                {
                     logs.push((Level::Error, format!("  {line}")));
                 }
             }
@@ -757,7 +892,10 @@ impl Model {
                         }
                     }
                 } else {
-                    logs.push((Level::Warning, "application settings ignored: not the leader".into()));
+                    logs.push((
+                        Level::Warning,
+                        "application settings ignored: not the leader".into(),
+                    ));
                 }
             }
             if !c.leader_settings.is_empty() && leader {
@@ -793,14 +931,25 @@ impl Model {
     /// application's `NAME`, or `APP/NAME` of an application it is related
     /// to. Returns (owner, name, whether the unit may create it).
     pub fn secret_access(&self, unit: &str, id: &str) -> Result<(String, String, bool)> {
-        let u = self.units.get(unit).ok_or_else(|| not_found("unit", unit))?;
+        let u = self
+            .units
+            .get(unit)
+            .ok_or_else(|| not_found("unit", unit))?;
         let (owner, name) = match id.split_once('/') {
             Some((o, n)) => (o.to_string(), n.to_string()),
             None => (u.application.clone(), id.to_string()),
         };
-        let valid = |s: &str| !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        let valid = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        };
         if !valid(&owner) || !valid(&name) {
-            return Err(invalid("secret", format!("invalid secret id {id:?}: NAME or APP/NAME")));
+            return Err(invalid(
+                "secret",
+                format!("invalid secret id {id:?}: NAME or APP/NAME"),
+            ));
         }
         if owner == u.application {
             return Ok((owner, name, true));
@@ -824,15 +973,25 @@ impl Model {
     fn agent_status(&self, u: &UnitDoc, now: i64) -> (String, String) {
         let machine = self.machines.get(&u.machine);
         if let Some(e) = &u.state.error {
-            return ("error".into(), format!("{} hook failed: {}", e.hook.name(), e.message));
+            return (
+                "error".into(),
+                format!("{} hook failed: {}", e.hook.name(), e.message),
+            );
         }
         if let Some(h) = self.running.get(&u.name) {
             return ("executing".into(), format!("running {h} hook"));
         }
-        let seen = self.seen.get(&u.machine).copied().or(machine.and_then(|m| m.agent_seen));
+        let seen = self
+            .seen
+            .get(&u.machine)
+            .copied()
+            .or(machine.and_then(|m| m.agent_seen));
         match seen {
             None => ("allocating".into(), String::new()),
-            Some(t) if now - t > 120_000 => ("lost".into(), "agent has not called in for 2 minutes".into()),
+            Some(t) if now - t > 120_000 => (
+                "lost".into(),
+                "agent has not called in for 2 minutes".into(),
+            ),
             Some(_) => ("idle".into(), String::new()),
         }
     }
@@ -843,8 +1002,14 @@ impl Model {
         for u in self.units.values() {
             let (agent, agent_message) = self.agent_status(u, now);
             let (workload, message) = match &u.state.error {
-                Some(e) => ("error".to_string(), format!("hook failed: \"{}\"", e.hook.name())),
-                None => (u.workload.state.as_str().to_string(), u.workload.message.clone()),
+                Some(e) => (
+                    "error".to_string(),
+                    format!("hook failed: \"{}\"", e.hook.name()),
+                ),
+                None => (
+                    u.workload.state.as_str().to_string(),
+                    u.workload.message.clone(),
+                ),
             };
             units.insert(
                 u.name.clone(),
@@ -854,7 +1019,10 @@ impl Model {
                     agent,
                     agent_message,
                     machine: u.machine.clone(),
-                    address: self.machines.get(&u.machine).and_then(|m| m.address.clone()),
+                    address: self
+                        .machines
+                        .get(&u.machine)
+                        .and_then(|m| m.address.clone()),
                     ports: u.ports.iter().map(|p| p.to_string()).collect(),
                     leader: self
                         .doc
@@ -893,7 +1061,9 @@ impl Model {
                     name.clone(),
                     api::AppStatus {
                         charm: a.charm.name.clone(),
-                        status: worst.map(|u| u.workload.clone()).unwrap_or_else(|| "unknown".into()),
+                        status: worst
+                            .map(|u| u.workload.clone())
+                            .unwrap_or_else(|| "unknown".into()),
                         message: worst.map(|u| u.message.clone()).unwrap_or_default(),
                         units: mine.len(),
                         exposed: a.exposed,
@@ -932,7 +1102,11 @@ impl Model {
             .values()
             .map(|r| api::RelationStatus {
                 id: r.id,
-                ends: r.ends.iter().map(|e| format!("{}:{}", e.application, e.endpoint)).collect(),
+                ends: r
+                    .ends
+                    .iter()
+                    .map(|e| format!("{}:{}", e.application, e.endpoint))
+                    .collect(),
                 interface: r.interface.clone(),
             })
             .collect();
@@ -951,8 +1125,16 @@ impl Model {
         }
     }
 
-    pub fn unit_detail(&self, charms: &dyn Charms, unit: &str, now: i64) -> Result<api::UnitDetail> {
-        let u = self.units.get(unit).ok_or_else(|| not_found("unit", unit))?;
+    pub fn unit_detail(
+        &self,
+        charms: &dyn Charms,
+        unit: &str,
+        now: i64,
+    ) -> Result<api::UnitDetail> {
+        let u = self
+            .units
+            .get(unit)
+            .ok_or_else(|| not_found("unit", unit))?;
         let status = self.status(charms, now).units.remove(unit).expect("listed");
         let view = self.unit_view(charms, u);
         let relations = view
@@ -964,7 +1146,11 @@ impl Model {
                         endpoint: r.endpoint,
                         remote_application: r.remote_application,
                         local_settings: r.local_unit,
-                        remote_units: r.remote_units.into_iter().map(|(k, v)| (k, v.data)).collect(),
+                        remote_units: r
+                            .remote_units
+                            .into_iter()
+                            .map(|(k, v)| (k, v.data))
+                            .collect(),
                         application_settings: r.remote_app.data,
                     })
                     .collect()
@@ -980,7 +1166,10 @@ impl Model {
     }
 
     pub fn action_info(&self, id: u64) -> Result<api::ActionInfo> {
-        let a = self.actions.get(&id).ok_or_else(|| not_found("action", &id.to_string()))?;
+        let a = self
+            .actions
+            .get(&id)
+            .ok_or_else(|| not_found("action", &id.to_string()))?;
         let o = a.outcome.clone().unwrap_or(ActionOutcome {
             id,
             status: a.status.clone(),
@@ -1072,7 +1261,10 @@ fn from_json(v: &serde_json::Value) -> Option<Value> {
 }
 
 /// Applies key changes; true when anything changed.
-fn apply_changes(data: &mut BTreeMap<String, String>, changes: &BTreeMap<String, Option<String>>) -> bool {
+fn apply_changes(
+    data: &mut BTreeMap<String, String>,
+    changes: &BTreeMap<String, Option<String>>,
+) -> bool {
     let before = data.clone();
     for (k, v) in changes {
         match v {

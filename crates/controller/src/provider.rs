@@ -44,9 +44,10 @@ pub trait Provider: Send + Sync {
     async fn destroy(&self, kind: ProviderKind, instance: &str) -> Result<(), String>;
 }
 
-/// `kumo-<model>-<machine>` with `/` as `-`: a valid container name.
-pub fn instance_name(model: &str, machine: &str) -> String {
-    let mut name = format!("kumo-{model}-{}", machine.replace('/', "-"));
+/// `k<controller>-<model>-<machine>` with `/` as `-`: a valid container
+/// name, unique per controller on a shared host.
+pub fn instance_name(controller: &str, model: &str, machine: &str) -> String {
+    let mut name = format!("k{controller}-{model}-{}", machine.replace('/', "-"));
     name.truncate(60);
     name
 }
@@ -56,10 +57,18 @@ pub fn parse_range(range: &str) -> Result<(Ipv4Addr, Ipv4Addr), String> {
     let (a, b) = range
         .split_once('-')
         .ok_or_else(|| format!("address range {range:?}: expected FIRST-LAST"))?;
-    let a: Ipv4Addr = a.trim().parse().map_err(|_| format!("address range {range:?}: {a:?} is not an IPv4 address"))?;
-    let b: Ipv4Addr = b.trim().parse().map_err(|_| format!("address range {range:?}: {b:?} is not an IPv4 address"))?;
+    let a: Ipv4Addr = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("address range {range:?}: {a:?} is not an IPv4 address"))?;
+    let b: Ipv4Addr = b
+        .trim()
+        .parse()
+        .map_err(|_| format!("address range {range:?}: {b:?} is not an IPv4 address"))?;
     if u32::from(a) > u32::from(b) {
-        return Err(format!("address range {range:?}: first address is after the last"));
+        return Err(format!(
+            "address range {range:?}: first address is after the last"
+        ));
     }
     Ok((a, b))
 }
@@ -117,6 +126,17 @@ impl ContainersProvider {
             .address
             .clone()
             .ok_or_else(|| format!("container {}: no address chosen", req.instance))?;
+        // Before minutes of debootstrap: is there a bridge to attach to?
+        if !std::path::Path::new("/sys/class/net")
+            .join(&b.bridge)
+            .join("bridge")
+            .exists()
+        {
+            return Err(format!(
+                "bridge {} does not exist on this host (kumo bootstrap --bridge)",
+                b.bridge
+            ));
+        }
         let mut spec = kumo_containers::RootfsSpec::bookworm();
         spec.extra_packages = self.extra_packages.clone();
         let rootfs = kumo_containers::ensure_rootfs(&self.cache_dir, &spec)
@@ -151,14 +171,29 @@ impl ContainersProvider {
         };
         // A retry after a failure starts from scratch: the agent token in
         // the spec is new each attempt.
-        if let Ok(kumo_containers::ContainerState::Missing) = self.containers.state(&req.instance).await {
+        if let Ok(kumo_containers::ContainerState::Missing) =
+            self.containers.state(&req.instance).await
+        {
         } else {
-            self.containers.destroy(&req.instance).await.map_err(|e| e.to_string())?;
+            self.containers
+                .destroy(&req.instance)
+                .await
+                .map_err(|e| e.to_string())?;
         }
-        self.containers.create(&spec).await.map_err(|e| e.to_string())?;
-        let dest = self.containers.rootfs_dir(&req.instance).join("usr/local/bin/kumo");
-        copy_binary(&self.kumo_binary, &dest).map_err(|e| format!("installing the agent in {}: {e}", dest.display()))?;
-        self.containers.start(&req.instance).await.map_err(|e| e.to_string())?;
+        self.containers
+            .create(&spec)
+            .await
+            .map_err(|e| e.to_string())?;
+        let dest = self
+            .containers
+            .rootfs_dir(&req.instance)
+            .join("usr/local/bin/kumo");
+        copy_binary(&self.kumo_binary, &dest)
+            .map_err(|e| format!("installing the agent in {}: {e}", dest.display()))?;
+        self.containers
+            .start(&req.instance)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(address)
     }
 
@@ -167,35 +202,68 @@ impl ContainersProvider {
             .placement
             .as_deref()
             .and_then(|p| p.strip_prefix("ssh:"))
-            .ok_or_else(|| format!("machine {}: manual machines need ssh:user@host", req.agent.machine))?;
+            .ok_or_else(|| {
+                format!(
+                    "machine {}: manual machines need ssh:user@host",
+                    req.agent.machine
+                )
+            })?;
         let host = target.rsplit('@').next().unwrap_or(target).to_string();
         let ssh = |args: Vec<String>, stdin: Option<Vec<u8>>| {
             let target = target.to_string();
             async move {
                 let mut cmd = tokio::process::Command::new("ssh");
-                cmd.args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new", "-o", "ConnectTimeout=10"]);
+                cmd.args([
+                    "-o",
+                    "BatchMode=yes",
+                    "-o",
+                    "StrictHostKeyChecking=accept-new",
+                    "-o",
+                    "ConnectTimeout=10",
+                ]);
                 if let Ok(key) = std::env::var("KUMO_SSH_KEY") {
                     cmd.args(["-i", &key]);
                 }
                 cmd.arg(&target).args(&args);
-                cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+                cmd.stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped());
                 let mut child = cmd.spawn().map_err(|e| format!("ssh: {e}"))?;
                 let mut input = child.stdin.take().expect("piped");
                 if let Some(data) = stdin {
                     use tokio::io::AsyncWriteExt;
-                    input.write_all(&data).await.map_err(|e| format!("ssh {target}: {e}"))?;
+                    input
+                        .write_all(&data)
+                        .await
+                        .map_err(|e| format!("ssh {target}: {e}"))?;
                 }
                 drop(input);
-                let out = child.wait_with_output().await.map_err(|e| format!("ssh {target}: {e}"))?;
+                let out = child
+                    .wait_with_output()
+                    .await
+                    .map_err(|e| format!("ssh {target}: {e}"))?;
                 if !out.status.success() {
-                    return Err(format!("ssh {target} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
+                    return Err(format!(
+                        "ssh {target} {}: {}",
+                        args.join(" "),
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ));
                 }
                 Ok(())
             }
         };
-        let binary = std::fs::read(&self.kumo_binary).map_err(|e| format!("reading {}: {e}", self.kumo_binary.display()))?;
+        let binary = std::fs::read(&self.kumo_binary)
+            .map_err(|e| format!("reading {}: {e}", self.kumo_binary.display()))?;
         ssh(vec!["sh".into(), "-c".into(), "'mkdir -p /etc/kumo /usr/local/bin && cat > /usr/local/bin/kumo.new && chmod 755 /usr/local/bin/kumo.new && mv /usr/local/bin/kumo.new /usr/local/bin/kumo'".into()], Some(binary)).await?;
-        ssh(vec!["sh".into(), "-c".into(), "'umask 077 && cat > /etc/kumo/agent.json'".into()], Some(serde_json::to_vec_pretty(&req.agent).expect("config"))).await?;
+        ssh(
+            vec![
+                "sh".into(),
+                "-c".into(),
+                "'umask 077 && cat > /etc/kumo/agent.json'".into(),
+            ],
+            Some(serde_json::to_vec_pretty(&req.agent).expect("config")),
+        )
+        .await?;
         ssh(vec!["sh".into(), "-c".into(), "'cat > /etc/systemd/system/kumo-agent.service && systemctl daemon-reload && systemctl enable kumo-agent.service && systemctl restart kumo-agent.service'".into()], Some(agent_unit().into_bytes())).await?;
         Ok(host)
     }
@@ -223,7 +291,11 @@ impl Provider for ContainersProvider {
 
     async fn destroy(&self, kind: ProviderKind, instance: &str) -> Result<(), String> {
         match kind {
-            ProviderKind::Containers => self.containers.destroy(instance).await.map_err(|e| e.to_string()),
+            ProviderKind::Containers => self
+                .containers
+                .destroy(instance)
+                .await
+                .map_err(|e| e.to_string()),
             // A manual machine is the operator's; kumo only leaves it.
             ProviderKind::Manual => Ok(()),
         }
@@ -237,14 +309,24 @@ mod tests {
     #[test]
     fn addresses_are_picked_lowest_free_first() {
         let used = vec!["10.0.0.10".to_string(), "10.0.0.11".to_string()];
-        assert_eq!(pick_address("10.0.0.10-10.0.0.12", &used).unwrap(), "10.0.0.12");
-        assert!(pick_address("10.0.0.10-10.0.0.11", &used).unwrap_err().contains("full"));
-        assert!(parse_range("10.0.0.9-10.0.0.1").unwrap_err().contains("after"));
+        assert_eq!(
+            pick_address("10.0.0.10-10.0.0.12", &used).unwrap(),
+            "10.0.0.12"
+        );
+        assert!(pick_address("10.0.0.10-10.0.0.11", &used)
+            .unwrap_err()
+            .contains("full"));
+        assert!(parse_range("10.0.0.9-10.0.0.1")
+            .unwrap_err()
+            .contains("after"));
         assert!(parse_range("10.0.0.9").unwrap_err().contains("FIRST-LAST"));
     }
 
     #[test]
     fn instance_names_are_container_names() {
-        assert_eq!(instance_name("default", "0/lxd/1"), "kumo-default-0-lxd-1");
+        assert_eq!(
+            instance_name("1a2b3c", "default", "0/lxd/1"),
+            "k1a2b3c-default-0-lxd-1"
+        );
     }
 }

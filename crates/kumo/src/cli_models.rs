@@ -718,6 +718,7 @@ async fn bootstrap(c: &Client, profile: &str, a: BootstrapArgs) -> Result<()> {
         dns: a.dns,
         apt_proxy: a.apt_proxy,
         authorized_keys: keys,
+        controller_id: String::new(),
     };
     let _: Value = c.put("/api/v1/controller", &b).await?;
     set_current_model(profile, Some("default"))?;

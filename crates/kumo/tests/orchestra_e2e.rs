@@ -42,7 +42,8 @@ fn sh(cmd: &str) -> Output {
 impl Drop for Harness {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let log = std::fs::read_to_string(self.dir.path().join("region.log")).unwrap_or_default();
+            let log =
+                std::fs::read_to_string(self.dir.path().join("region.log")).unwrap_or_default();
             eprintln!("--- last lines of region.log:");
             for l in log.lines().rev().take(40).collect::<Vec<_>>().iter().rev() {
                 eprintln!("{l}");
@@ -116,7 +117,10 @@ impl Harness {
             if f(&s) {
                 return start.elapsed();
             }
-            assert!(start.elapsed() < Duration::from_secs(secs), "timed out after {secs} s waiting for {what}: {s:#}");
+            assert!(
+                start.elapsed() < Duration::from_secs(secs),
+                "timed out after {secs} s waiting for {what}: {s:#}"
+            );
             std::thread::sleep(Duration::from_millis(500));
         }
     }
@@ -126,7 +130,11 @@ fn summary(s: &Value) -> String {
     let mut parts = vec![];
     if let Some(m) = s["machines"].as_object() {
         for (id, m) in m {
-            parts.push(format!("machine {id} {}/{}", m["state"].as_str().unwrap_or(""), m["agent"].as_str().unwrap_or("")));
+            parts.push(format!(
+                "machine {id} {}/{}",
+                m["state"].as_str().unwrap_or(""),
+                m["agent"].as_str().unwrap_or("")
+            ));
         }
     }
     if let Some(u) = s["units"].as_object() {
@@ -165,7 +173,14 @@ fn http_get(url: &str) -> (u16, String) {
 }
 
 fn count_log(h: &Harness, entity: &str, message: &str) -> usize {
-    let out = h.ok(&["debug-log", "--no-tail", "--lines", "100000", "--include", entity]);
+    let out = h.ok(&[
+        "debug-log",
+        "--no-tail",
+        "--lines",
+        "100000",
+        "--include",
+        entity,
+    ]);
     out.lines().filter(|l| l.contains(message)).count()
 }
 
@@ -195,12 +210,20 @@ fn a_bundle_of_mariadb_and_a_web_app_on_container_machines() {
     }
     let _ = sh(&format!("ip link del {BRIDGE} 2>/dev/null"));
     let out = sh(&format!("ip link add {BRIDGE} type bridge && ip addr add {HOST_IP}/24 dev {BRIDGE} && ip link set {BRIDGE} up"));
-    assert!(out.status.success(), "making {BRIDGE}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "making {BRIDGE}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let port = {
         let l = std::net::TcpListener::bind((HOST_IP, 0)).unwrap();
         l.local_addr().unwrap().port()
     };
-    let mut h = Harness { dir: tempfile::tempdir().unwrap(), port, children: vec![] };
+    let mut h = Harness {
+        dir: tempfile::tempdir().unwrap(),
+        port,
+        children: vec![],
+    };
     let listen = format!("{HOST_IP}:{}", h.port);
 
     // The package proxy machines install through (as a rack runs one).
@@ -208,7 +231,10 @@ fn a_bundle_of_mariadb_and_a_web_app_on_container_machines() {
     for d in ["cache", "log", "conf"] {
         std::fs::create_dir_all(proxy_dir.join(d)).unwrap();
     }
-    let _ = sh(&format!("chown -R apt-cacher-ng {} 2>/dev/null", proxy_dir.display()));
+    let _ = sh(&format!(
+        "chown -R apt-cacher-ng {} 2>/dev/null",
+        proxy_dir.display()
+    ));
     h.spawn(
         "/usr/sbin/apt-cacher-ng",
         &[
@@ -228,8 +254,19 @@ fn a_bundle_of_mariadb_and_a_web_app_on_container_machines() {
     h.ok(&["init", "--listen", &listen, "--password", "correct-horse"]);
     let cache = repo().join(".cache/containers");
     let kumo = env!("CARGO_BIN_EXE_kumo").to_string();
-    h.spawn(&kumo, &["region", "serve", "--containers-cache", cache.to_str().unwrap()], "region.log");
-    support::wait_until("the region to answer", 30, || h.kumo(&["models"]).status.success() || h.kumo(&["whoami"]).status.success());
+    h.spawn(
+        &kumo,
+        &[
+            "region",
+            "serve",
+            "--containers-cache",
+            cache.to_str().unwrap(),
+        ],
+        "region.log",
+    );
+    support::wait_until("the region to answer", 30, || {
+        h.kumo(&["models"]).status.success() || h.kumo(&["whoami"]).status.success()
+    });
 
     h.ok(&[
         "bootstrap",
@@ -248,10 +285,22 @@ fn a_bundle_of_mariadb_and_a_web_app_on_container_machines() {
     ]);
 
     // Bad input is refused before anything changes.
-    let bad = h.kumo(&["deploy", "./charms/webapp", "broken", "--config", "port=eighty"]);
+    let bad = h.kumo(&[
+        "deploy",
+        "./charms/webapp",
+        "broken",
+        "--config",
+        "port=eighty",
+    ]);
     assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("port"), "{}", String::from_utf8_lossy(&bad.stderr));
-    assert!(h.status()["applications"].as_object().is_none_or(|a| a.is_empty()));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("port"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    assert!(h.status()["applications"]
+        .as_object()
+        .is_none_or(|a| a.is_empty()));
 
     let plan = h.ok(&["plan", "charms/bundle.yaml"]);
     eprintln!("{plan}");
@@ -264,9 +313,15 @@ fn a_bundle_of_mariadb_and_a_web_app_on_container_machines() {
             && idle(s, "mariadb/0")
             && idle(s, "webapp/0")
     });
-    eprintln!("bundle deployed and active in {:.1} s", deployed.as_secs_f64());
+    eprintln!(
+        "bundle deployed and active in {:.1} s",
+        deployed.as_secs_f64()
+    );
     let s = h.status();
-    let web = unit(&s, "webapp/0")["address"].as_str().unwrap().to_string();
+    let web = unit(&s, "webapp/0")["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let (code, body) = http_get(&format!("http://{web}:8080/"));
     assert_eq!((code, body.trim()), (200, "hello from mariadb"));
 
@@ -276,10 +331,15 @@ fn a_bundle_of_mariadb_and_a_web_app_on_container_machines() {
 
     // Scale out onto a new machine.
     h.ok(&["add-unit", "webapp"]);
-    let scaled = h.wait_status("webapp/1 active", 900, |s| workload(s, "webapp/1") == "active" && idle(s, "webapp/1"));
+    let scaled = h.wait_status("webapp/1 active", 900, |s| {
+        workload(s, "webapp/1") == "active" && idle(s, "webapp/1")
+    });
     eprintln!("add-unit to active in {:.1} s", scaled.as_secs_f64());
     let s = h.status();
-    let web1 = unit(&s, "webapp/1")["address"].as_str().unwrap().to_string();
+    let web1 = unit(&s, "webapp/1")["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_ne!(web, web1);
     let (code, body) = http_get(&format!("http://{web1}:8080/"));
     assert_eq!((code, body.trim()), (200, "hello from mariadb"));
@@ -287,27 +347,59 @@ fn a_bundle_of_mariadb_and_a_web_app_on_container_machines() {
     // Kill webapp/0's agent while its config-changed hook runs.
     let before = count_log(&h, "webapp/0", "ran config-changed hook");
     h.ok(&["config", "webapp", "port=8081"]);
-    h.wait_status("webapp/0 running a hook", 120, |s| unit(s, "webapp/0")["agent"].as_str() == Some("executing"));
-    let machine = unit(&h.status(), "webapp/0")["machine"].as_str().unwrap().to_string();
-    let instance = h.status()["machines"][&machine]["instance"].as_str().unwrap().to_string();
-    let pid = std::fs::read_to_string(h.dir.path().join(format!("data/containers/{instance}/nspawn.pid"))).unwrap();
+    h.wait_status("webapp/0 running a hook", 120, |s| {
+        unit(s, "webapp/0")["agent"].as_str() == Some("executing")
+    });
+    let machine = unit(&h.status(), "webapp/0")["machine"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let instance = h.status()["machines"][&machine]["instance"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pid = std::fs::read_to_string(
+        h.dir
+            .path()
+            .join(format!("data/containers/{instance}/nspawn.pid")),
+    )
+    .unwrap();
     let out = sh(&format!(
         "leader=$(pgrep -P {} | head -n1); nsenter -t $leader -a pkill -9 -f 'kumo agent machine'",
         pid.trim()
     ));
-    assert!(out.status.success(), "killing the agent: {}", String::from_utf8_lossy(&out.stderr));
-    h.wait_status("webapp/0 to converge after its agent was killed", 300, |s| {
-        workload(s, "webapp/0") == "active" && idle(s, "webapp/0") && unit(s, "webapp/0")["message"].as_str().unwrap_or("").contains("8081")
-    });
+    assert!(
+        out.status.success(),
+        "killing the agent: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    h.wait_status(
+        "webapp/0 to converge after its agent was killed",
+        300,
+        |s| {
+            workload(s, "webapp/0") == "active"
+                && idle(s, "webapp/0")
+                && unit(s, "webapp/0")["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("8081")
+        },
+    );
     let (code, body) = http_get(&format!("http://{web}:8081/"));
     assert_eq!((code, body.trim()), (200, "hello from mariadb"));
     let after = count_log(&h, "webapp/0", "ran config-changed hook");
-    assert_eq!(after, before + 1, "config-changed completed exactly once more");
+    assert_eq!(
+        after,
+        before + 1,
+        "config-changed completed exactly once more"
+    );
 
     // Without the relation the application has no database: blocked.
     h.ok(&["remove-relation", "webapp", "mariadb"]);
     h.wait_status("webapp blocked", 300, |s| {
-        ["webapp/0", "webapp/1"].iter().all(|u| workload(s, u) == "blocked" && idle(s, u))
+        ["webapp/0", "webapp/1"]
+            .iter()
+            .all(|u| workload(s, u) == "blocked" && idle(s, u))
     });
     let s = h.status();
     assert_eq!(unit(&s, "webapp/0")["message"], "needs a database relation");

@@ -24,6 +24,10 @@ pub struct Bootstrap {
     /// Keys allowed to log in as root on machines (`kumo ssh`).
     #[serde(default)]
     pub authorized_keys: Vec<String>,
+    /// Set by the controller: a short id in its machines' names, so two
+    /// controllers on one host never touch each other's containers.
+    #[serde(default)]
+    pub controller_id: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1685,8 +1685,10 @@ impl Store {
         for (kind, key, body) in &w.docs {
             match body {
                 Some(body) => {
-                    q("INSERT INTO model_docs (model, kind, key, body) VALUES ($1, $2, $3, $4) \
-                       ON CONFLICT (model, kind, key) DO UPDATE SET body = excluded.body")
+                    q(
+                        "INSERT INTO model_docs (model, kind, key, body) VALUES ($1, $2, $3, $4) \
+                       ON CONFLICT (model, kind, key) DO UPDATE SET body = excluded.body",
+                    )
                     .bind(model.to_owned())
                     .bind(kind.clone())
                     .bind(key.clone())

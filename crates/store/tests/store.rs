@@ -482,22 +482,41 @@ async fn scripts_and_their_results(s: Store) {
 async fn model_documents_and_logs(s: Store) {
     use kumo_store::ModelWrite;
     let mut w = ModelWrite::default();
-    w.docs.push(("model".into(), String::new(), Some("{\"a\":1}".into())));
-    w.docs.push(("unit".into(), "web/0".into(), Some("{}".into())));
-    w.logs.push(("unit-web-0".into(), 5, "INFO".into(), "installed".into()));
+    w.docs
+        .push(("model".into(), String::new(), Some("{\"a\":1}".into())));
+    w.docs
+        .push(("unit".into(), "web/0".into(), Some("{}".into())));
+    w.logs
+        .push(("unit-web-0".into(), 5, "INFO".into(), "installed".into()));
     s.write_model("default", &w).await.unwrap();
     let mut w = ModelWrite::default();
-    w.docs.push(("model".into(), String::new(), Some("{\"a\":2}".into())));
+    w.docs
+        .push(("model".into(), String::new(), Some("{\"a\":2}".into())));
     w.docs.push(("unit".into(), "web/0".into(), None));
-    w.logs.push(("unit-web-0".into(), 6, "ERROR".into(), "hook failed".into()));
+    w.logs
+        .push(("unit-web-0".into(), 6, "ERROR".into(), "hook failed".into()));
     s.write_model("default", &w).await.unwrap();
-    s.write_model("other", &ModelWrite { docs: vec![("model".into(), String::new(), Some("{}".into()))], logs: vec![] }).await.unwrap();
+    s.write_model(
+        "other",
+        &ModelWrite {
+            docs: vec![("model".into(), String::new(), Some("{}".into()))],
+            logs: vec![],
+        },
+    )
+    .await
+    .unwrap();
     let docs = s.model_docs().await.unwrap();
     assert_eq!(docs.len(), 2);
     assert_eq!(docs[0].body, "{\"a\":2}");
     let logs = s.model_logs("default", 0, 10).await.unwrap();
-    assert_eq!(logs.iter().map(|l| l.message.as_str()).collect::<Vec<_>>(), ["installed", "hook failed"]);
-    assert_eq!(s.model_logs("default", logs[0].id, 10).await.unwrap().len(), 1);
+    assert_eq!(
+        logs.iter().map(|l| l.message.as_str()).collect::<Vec<_>>(),
+        ["installed", "hook failed"]
+    );
+    assert_eq!(
+        s.model_logs("default", logs[0].id, 10).await.unwrap().len(),
+        1
+    );
     assert_eq!(s.last_model_log("default").await.unwrap(), logs[1].id);
     assert_eq!(s.last_model_log("other").await.unwrap(), 0);
     s.delete_model("default").await.unwrap();

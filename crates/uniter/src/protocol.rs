@@ -246,7 +246,9 @@ pub struct ActionOutcome {
 pub enum HookResult {
     Succeeded,
     /// Nonzero exit or a signal; the unit goes into error until resolved.
-    Failed { message: String },
+    Failed {
+        message: String,
+    },
 }
 
 /// One hook's effects, sent when it ends and applied by the controller in

@@ -36,6 +36,7 @@ pub const TOOLS: &[&str] = &[
     "action-set",
     "action-fail",
     "render-template",
+    "secret-get",
 ];
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,7 +112,10 @@ impl HookContext {
         let mut env = vec![
             ("JUJU_UNIT_NAME".to_string(), self.view.unit.clone()),
             ("JUJU_HOOK_NAME".to_string(), self.hook.name()),
-            ("JUJU_AGENT_NAME".to_string(), format!("unit-{}", self.view.unit.replace('/', "-"))),
+            (
+                "JUJU_AGENT_NAME".to_string(),
+                format!("unit-{}", self.view.unit.replace('/', "-")),
+            ),
         ];
         if let Some((id, endpoint, app)) = self.hook.relation() {
             env.push(("JUJU_RELATION".into(), endpoint.into()));
@@ -221,12 +225,15 @@ impl HookContext {
                     (u, d)
                 })
                 .collect();
-            relations.entry(rel.endpoint.clone()).or_default().push(serde_json::json!({
-                "id": rel.id,
-                "remote_application": rel.remote_application,
-                "app": self.app_data(rel, &rel.remote_application),
-                "units": units,
-            }));
+            relations
+                .entry(rel.endpoint.clone())
+                .or_default()
+                .push(serde_json::json!({
+                    "id": rel.id,
+                    "remote_application": rel.remote_application,
+                    "app": self.app_data(rel, &rel.remote_application),
+                    "units": units,
+                }));
         }
         serde_json::json!({
             "config": self.view.config,
@@ -321,13 +328,14 @@ fn show_map(data: &Settings, json: bool) -> String {
     if json {
         return format!("{}\n", serde_json::to_string(data).expect("map"));
     }
-    data.iter().map(|(k, v)| format!("{k}: {}\n", yaml_scalar(v))).collect()
+    data.iter()
+        .map(|(k, v)| format!("{k}: {}\n", yaml_scalar(v)))
+        .collect()
 }
 
 fn yaml_scalar(v: &str) -> String {
     let plain = !v.is_empty()
-        && v
-            .chars()
+        && v.chars()
             .all(|c| c.is_ascii_alphanumeric() || "._/-@+".contains(c))
         && !matches!(v, "true" | "false" | "null" | "yes" | "no");
     if plain {
@@ -346,11 +354,17 @@ fn show_value(v: Option<&str>, json: bool) -> String {
     }
 }
 
-fn assignments(tool: &str, items: &[String]) -> Result<BTreeMap<String, Option<String>>, ToolOutput> {
+fn assignments(
+    tool: &str,
+    items: &[String],
+) -> Result<BTreeMap<String, Option<String>>, ToolOutput> {
     let mut out = BTreeMap::new();
     for item in items {
         let Some((k, v)) = item.split_once('=') else {
-            return Err(ToolOutput::usage(tool, format!("expected key=value, got {item:?}")));
+            return Err(ToolOutput::usage(
+                tool,
+                format!("expected key=value, got {item:?}"),
+            ));
         };
         if k.is_empty() {
             return Err(ToolOutput::usage(tool, format!("empty key in {item:?}")));
@@ -365,7 +379,12 @@ fn parse_port(tool: &str, s: &str) -> Result<Port, ToolOutput> {
     let protocol = match proto.to_ascii_lowercase().as_str() {
         "tcp" => Protocol::Tcp,
         "udp" => Protocol::Udp,
-        _ => return Err(ToolOutput::usage(tool, format!("unknown protocol in {s:?}"))),
+        _ => {
+            return Err(ToolOutput::usage(
+                tool,
+                format!("unknown protocol in {s:?}"),
+            ))
+        }
     };
     let number = n
         .parse::<u16>()
@@ -411,7 +430,10 @@ fn run_inner(
     let pos = &a.positional;
     match tool {
         "relation-ids" => {
-            let endpoint = pos.first().map(String::as_str).or(ctx.hook.relation().map(|r| r.1));
+            let endpoint = pos
+                .first()
+                .map(String::as_str)
+                .or(ctx.hook.relation().map(|r| r.1));
             let ids: Vec<String> = ctx
                 .view
                 .relations
@@ -428,7 +450,10 @@ fn run_inner(
         "relation-list" => {
             let rel = ctx.relation_of(tool, a.get(&["r", "relation"]))?;
             if a.has(&["app"]) {
-                return Ok(ToolOutput::ok(show_value(Some(&rel.remote_application), json)));
+                return Ok(ToolOutput::ok(show_value(
+                    Some(&rel.remote_application),
+                    json,
+                )));
             }
             let units = ctx.members(rel);
             Ok(ToolOutput::ok(if json {
@@ -496,7 +521,10 @@ fn run_inner(
                         .map(|(k, v)| (k.clone(), json_to_text(v)))
                         .collect();
                     Ok(ToolOutput::ok(if json {
-                        format!("{}\n", serde_json::to_string(&ctx.view.config).expect("config"))
+                        format!(
+                            "{}\n",
+                            serde_json::to_string(&ctx.view.config).expect("config")
+                        )
                     } else {
                         show_map(&text, false)
                     }))
@@ -505,9 +533,14 @@ fn run_inner(
         }
         "status-set" => {
             if a.has(&["application"]) && !ctx.view.leader {
-                return Err(ToolOutput::usage(tool, "only the leader may set application status"));
+                return Err(ToolOutput::usage(
+                    tool,
+                    "only the leader may set application status",
+                ));
             }
-            let state = pos.first().ok_or_else(|| ToolOutput::usage(tool, "missing status"))?;
+            let state = pos
+                .first()
+                .ok_or_else(|| ToolOutput::usage(tool, "missing status"))?;
             let state = WorkloadState::parse(state).ok_or_else(|| {
                 ToolOutput::usage(
                     tool,
@@ -530,7 +563,9 @@ fn run_inner(
             format!("{}\n", ctx.status.state.as_str())
         })),
         "open-port" | "close-port" => {
-            let p = pos.first().ok_or_else(|| ToolOutput::usage(tool, "missing port"))?;
+            let p = pos
+                .first()
+                .ok_or_else(|| ToolOutput::usage(tool, "missing port"))?;
             let port = parse_port(tool, p)?;
             let changed = if tool == "open-port" {
                 ctx.ports.insert(port)
@@ -541,20 +576,26 @@ fn run_inner(
             Ok(ToolOutput::ok(""))
         }
         "opened-ports" => Ok(ToolOutput::ok(
-            ctx.ports.iter().map(|p| format!("{p}\n")).collect::<String>(),
+            ctx.ports
+                .iter()
+                .map(|p| format!("{p}\n"))
+                .collect::<String>(),
         )),
         "unit-get" => {
-            let what = pos.first().ok_or_else(|| ToolOutput::usage(tool, "missing setting"))?;
-            let v = match what.as_str() {
-                "private-address" => &ctx.view.private_address,
-                "public-address" => &ctx.view.public_address,
-                other => {
-                    return Err(ToolOutput::usage(
+            let what = pos
+                .first()
+                .ok_or_else(|| ToolOutput::usage(tool, "missing setting"))?;
+            let v =
+                match what.as_str() {
+                    "private-address" => &ctx.view.private_address,
+                    "public-address" => &ctx.view.public_address,
+                    other => return Err(ToolOutput::usage(
                         tool,
-                        format!("unknown setting {other:?}: expected private-address or public-address"),
-                    ))
-                }
-            };
+                        format!(
+                            "unknown setting {other:?}: expected private-address or public-address"
+                        ),
+                    )),
+                };
             Ok(ToolOutput::ok(show_value(Some(v), json)))
         }
         "is-leader" => Ok(ToolOutput::ok(if json {
@@ -573,7 +614,10 @@ fn run_inner(
         }
         "leader-set" => {
             if !ctx.view.leader {
-                return Err(ToolOutput::usage(tool, "cannot write leader settings: this unit is not the leader"));
+                return Err(ToolOutput::usage(
+                    tool,
+                    "cannot write leader settings: this unit is not the leader",
+                ));
             }
             let changes = assignments(tool, pos)?;
             ctx.leader_settings.extend(changes);
@@ -634,15 +678,27 @@ fn run_inner(
             }
         }
         "render-template" => {
-            let src = pos
-                .first()
-                .ok_or_else(|| ToolOutput::usage(tool, "usage: render-template TEMPLATE [DEST]"))?;
+            let src = pos.first().ok_or_else(|| {
+                ToolOutput::usage(
+                    tool,
+                    "usage: render-template TEMPLATE [DEST|-] [KEY=VALUE...]",
+                )
+            })?;
             let text = read_file(src)
                 .or_else(|| read_file(&format!("templates/{src}")))
-                .ok_or_else(|| ToolOutput::usage(tool, format!("no template {src:?} in the charm")))?;
-            let rendered = render(src, &text, &ctx.template_context())
-                .map_err(|e| ToolOutput::usage(tool, e))?;
-            Ok(match pos.get(1) {
+                .ok_or_else(|| {
+                    ToolOutput::usage(tool, format!("no template {src:?} in the charm"))
+                })?;
+            // `key=value` after the destination become `vars.key`, for
+            // what a hook fetched itself (a secret, say).
+            let mut context = ctx.template_context();
+            let vars = assignments(tool, pos.get(2..).unwrap_or_default())?;
+            context["vars"] = serde_json::json!(vars
+                .into_iter()
+                .map(|(k, v)| (k, v.unwrap_or_default()))
+                .collect::<BTreeMap<_, _>>());
+            let rendered = render(src, &text, &context).map_err(|e| ToolOutput::usage(tool, e))?;
+            Ok(match pos.get(1).filter(|d| *d != "-") {
                 Some(dest) => ToolOutput {
                     write: Some((dest.clone(), rendered)),
                     ..Default::default()
@@ -650,6 +706,11 @@ fn run_inner(
                 None => ToolOutput::ok(rendered),
             })
         }
+        // Needs the controller: the agent answers it before calling `run`.
+        "secret-get" => Err(ToolOutput::usage(
+            tool,
+            "answered by the unit agent, not here",
+        )),
         other => Err(ToolOutput::usage(other, "unknown hook tool")),
     }
 }

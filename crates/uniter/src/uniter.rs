@@ -132,9 +132,8 @@ impl Hook {
 
     pub fn remote_unit(&self) -> Option<&str> {
         match self {
-            Hook::RelationJoined { remote_unit, .. } | Hook::RelationDeparted { remote_unit, .. } => {
-                Some(remote_unit)
-            }
+            Hook::RelationJoined { remote_unit, .. }
+            | Hook::RelationDeparted { remote_unit, .. } => Some(remote_unit),
             Hook::RelationChanged { remote_unit, .. } => remote_unit.as_deref(),
             _ => None,
         }
@@ -252,9 +251,7 @@ pub fn next(view: &UnitView, state: &UniterState) -> Operation {
     }
     // Relations gone from the view, or dying in it: depart, then break.
     for (id, rs) in &state.relations {
-        let alive = view
-            .relation(*id)
-            .is_some_and(|r| r.life == Life::Alive);
+        let alive = view.relation(*id).is_some_and(|r| r.life == Life::Alive);
         if !alive {
             return depart_or_break(*id, rs);
         }

@@ -13,7 +13,11 @@ fn charms_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../charms")
 }
 
-fn context(app: &str, config: &[(&str, serde_json::Value)], db_units: &[(&str, &[(&str, &str)])]) -> serde_json::Value {
+fn context(
+    app: &str,
+    config: &[(&str, serde_json::Value)],
+    db_units: &[(&str, &[(&str, &str)])],
+) -> serde_json::Value {
     let mut relations = vec![];
     if !db_units.is_empty() {
         let remote_units: BTreeMap<String, Versioned> = db_units
@@ -21,7 +25,13 @@ fn context(app: &str, config: &[(&str, serde_json::Value)], db_units: &[(&str, &
             .map(|(u, kv)| {
                 (
                     u.to_string(),
-                    Versioned { version: 1, data: kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() },
+                    Versioned {
+                        version: 1,
+                        data: kv
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect(),
+                    },
                 )
             })
             .collect();
@@ -40,8 +50,14 @@ fn context(app: &str, config: &[(&str, serde_json::Value)], db_units: &[(&str, &
     let view = UnitView {
         unit: format!("{app}/0"),
         application: app.into(),
-        charm: CharmRef { name: app.into(), sha256: "0".into() },
-        config: config.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+        charm: CharmRef {
+            name: app.into(),
+            sha256: "0".into(),
+        },
+        config: config
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
         life: Life::Alive,
         leader: true,
         leader_settings: Versioned::default(),
@@ -53,22 +69,53 @@ fn context(app: &str, config: &[(&str, serde_json::Value)], db_units: &[(&str, &
     };
     let mut state = UniterState::default();
     for (u, _) in db_units {
-        state.relations.entry(1).or_default().units.insert(u.to_string(), Some(1));
+        state
+            .relations
+            .entry(1)
+            .or_default()
+            .units
+            .insert(u.to_string(), Some(1));
     }
-    HookContext::new(view, state, Hook::Start, WorkloadStatus { state: WorkloadState::Unknown, message: String::new() }, Default::default())
-        .template_context()
+    HookContext::new(
+        view,
+        state,
+        Hook::Start,
+        WorkloadStatus {
+            state: WorkloadState::Unknown,
+            message: String::new(),
+        },
+        Default::default(),
+    )
+    .template_context()
 }
 
 fn render(charm: &str, template: &str, ctx: &serde_json::Value) -> String {
-    let c = Charm::load_dir(charms_dir().join(charm)).unwrap_or_else(|e| panic!("charm {charm}: {e}"));
-    assert!(c.templates.contains(template), "{charm} has no template {template}");
+    // As render-template does: `vars` holds the KEY=VALUE arguments.
+    let mut ctx = ctx.clone();
+    if ctx.get("vars").is_none() {
+        ctx["vars"] = serde_json::json!({});
+    }
+    let ctx = &ctx;
+    let c =
+        Charm::load_dir(charms_dir().join(charm)).unwrap_or_else(|e| panic!("charm {charm}: {e}"));
+    assert!(
+        c.templates.contains(template),
+        "{charm} has no template {template}"
+    );
     let text = std::fs::read_to_string(c.dir.join("templates").join(template)).unwrap();
     tools::render(template, &text, ctx).unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]
 fn mariadb_config() {
-    let ctx = context("mariadb", &[("max-connections", serde_json::json!(100)), ("bind-address", serde_json::json!("0.0.0.0"))], &[]);
+    let ctx = context(
+        "mariadb",
+        &[
+            ("max-connections", serde_json::json!(100)),
+            ("bind-address", serde_json::json!("0.0.0.0")),
+        ],
+        &[],
+    );
     insta::assert_snapshot!(render("mariadb", "99-kumo.cnf", &ctx));
 }
 
@@ -76,20 +123,45 @@ fn mariadb_config() {
 fn webapp_config_with_a_database() {
     let ctx = context(
         "webapp",
-        &[("port", serde_json::json!(8080)), ("greeting", serde_json::json!("hi"))],
-        &[("mariadb/0", &[("host", "10.248.0.101"), ("port", "3306"), ("database", "webapp"), ("user", "webapp"), ("password", "p\"w")])],
+        &[
+            ("port", serde_json::json!(8080)),
+            ("greeting", serde_json::json!("hi")),
+        ],
+        &[(
+            "mariadb/0",
+            &[
+                ("host", "10.248.0.101"),
+                ("port", "3306"),
+                ("database", "webapp"),
+                ("user", "webapp"),
+                ("secret", "mariadb/password-webapp"),
+            ],
+        )],
     );
+    let mut ctx = ctx;
+    ctx["vars"] = serde_json::json!({"password": "p\"w"});
     insta::assert_snapshot!(render("webapp", "db.json", &ctx));
 }
 
 #[test]
 fn webapp_config_without_a_database() {
-    let ctx = context("webapp", &[("port", serde_json::json!(8080)), ("greeting", serde_json::json!("hi"))], &[]);
+    let ctx = context(
+        "webapp",
+        &[
+            ("port", serde_json::json!(8080)),
+            ("greeting", serde_json::json!("hi")),
+        ],
+        &[],
+    );
     let text = render("webapp", "db.json", &ctx);
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["host"], "");
     // Joined but no credentials yet: still no host.
-    let ctx = context("webapp", &[("port", serde_json::json!(8080))], &[("mariadb/0", &[])]);
+    let ctx = context(
+        "webapp",
+        &[("port", serde_json::json!(8080))],
+        &[("mariadb/0", &[])],
+    );
     let v: serde_json::Value = serde_json::from_str(&render("webapp", "db.json", &ctx)).unwrap();
     assert_eq!(v["host"], "");
     assert_eq!(v["port"], 8080);
@@ -101,7 +173,12 @@ fn the_demo_bundle_validates_against_the_charms() {
     let bundle = kumo_charm::Bundle::parse("bundle.yaml", &text).unwrap();
     let charms: BTreeMap<String, Charm> = ["mariadb", "webapp"]
         .iter()
-        .map(|n| (n.to_string(), Charm::load_dir(charms_dir().join(n)).unwrap()))
+        .map(|n| {
+            (
+                n.to_string(),
+                Charm::load_dir(charms_dir().join(n)).unwrap(),
+            )
+        })
         .collect();
     kumo_charm::validate(&bundle, &charms).unwrap();
 }

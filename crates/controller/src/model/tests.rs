@@ -7,14 +7,20 @@ use super::*;
 
 fn charms() -> BTreeMap<String, Charm> {
     let db = Charm::new(
-        Metadata::parse("metadata.yaml", "name: mariadb\nsummary: db\nprovides:\n  db:\n    interface: mysql\n").unwrap(),
+        Metadata::parse(
+            "metadata.yaml",
+            "name: mariadb\nsummary: db\nprovides:\n  db:\n    interface: mysql\n",
+        )
+        .unwrap(),
         ConfigSchema::default(),
     );
     let web = Charm::new(
         Metadata::parse("metadata.yaml", "name: webapp\nsummary: web\nrequires:\n  db:\n    interface: mysql\n  cache:\n    interface: memcache\n").unwrap(),
         ConfigSchema::parse("config.yaml", "options:\n  port:\n    type: int\n    default: 8080\n    description: p\n").unwrap(),
     );
-    [("sha-db".to_string(), db), ("sha-web".to_string(), web)].into_iter().collect()
+    [("sha-db".to_string(), db), ("sha-web".to_string(), web)]
+        .into_iter()
+        .collect()
 }
 
 fn model() -> Model {
@@ -22,22 +28,32 @@ fn model() -> Model {
     let mut m = Model::new(ModelDoc::new("default", ProviderKind::Containers, 0));
     let m0 = m.add_machine(None, None, None, "h".into()).unwrap();
     let m1 = m.add_machine(None, None, None, "h".into()).unwrap();
-    m.deploy("mariadb", &c["sha-db"], "sha-db", BTreeMap::new(), None).unwrap();
-    m.deploy("web", &c["sha-web"], "sha-web", BTreeMap::new(), None).unwrap();
+    m.deploy("mariadb", &c["sha-db"], "sha-db", BTreeMap::new(), None)
+        .unwrap();
+    m.deploy("web", &c["sha-web"], "sha-web", BTreeMap::new(), None)
+        .unwrap();
     m.add_unit("mariadb", &m0).unwrap();
     m.add_unit("web", &m1).unwrap();
     m
 }
 
+type SettingsChanges = BTreeMap<u64, BTreeMap<String, Option<String>>>;
+
 /// Plays one agent: runs every owed hook of every unit, with `act`
 /// choosing each hook's relation settings.
-fn settle(m: &mut Model, c: &BTreeMap<String, Charm>, act: &dyn Fn(&str, &kumo_uniter::Hook) -> BTreeMap<u64, BTreeMap<String, Option<String>>>) -> Vec<String> {
+fn settle(
+    m: &mut Model,
+    c: &BTreeMap<String, Charm>,
+    act: &dyn Fn(&str, &kumo_uniter::Hook) -> SettingsChanges,
+) -> Vec<String> {
     let mut ran = vec![];
     for _ in 0..100 {
         let mut progressed = false;
         let units: Vec<UnitDoc> = m.units.values().cloned().collect();
         for u in units {
-            let Some(view) = m.unit_view(c, &u) else { continue };
+            let Some(view) = m.unit_view(c, &u) else {
+                continue;
+            };
             let hook = match next(&view, &u.state) {
                 Operation::Run(h) => h,
                 _ => continue,
@@ -76,14 +92,25 @@ fn settings_set_by_one_side_reach_the_other() {
     let ran = settle(&mut m, &c, &|unit, hook| {
         let mut out = BTreeMap::new();
         if unit == "mariadb/0" && hook.name() == "db-relation-joined" {
-            out.insert(1, [("password".to_string(), Some("x".to_string()))].into_iter().collect());
+            out.insert(
+                1,
+                [("password".to_string(), Some("x".to_string()))]
+                    .into_iter()
+                    .collect(),
+            );
         }
         out
     });
-    assert!(ran.contains(&"web/0 db-relation-changed".to_string()), "{ran:?}");
+    assert!(
+        ran.contains(&"web/0 db-relation-changed".to_string()),
+        "{ran:?}"
+    );
     let web = m.units["web/0"].clone();
     let view = m.unit_view(&c, &web).unwrap();
-    assert_eq!(view.relations[0].remote_units["mariadb/0"].data["password"], "x");
+    assert_eq!(
+        view.relations[0].remote_units["mariadb/0"].data["password"],
+        "x"
+    );
     // A retried commit is acknowledged, not applied twice.
     let status = m.status(&c, 1);
     assert_eq!(status.relations[0].ends, ["mariadb:db", "web:db"]);
@@ -96,11 +123,35 @@ fn bad_relations_and_placements_are_refused() {
     let mut m = model();
     let e = m.relate(&c, "web:cache", "mariadb:db").unwrap_err();
     assert!(e.to_string().contains("interfaces do not match"), "{e}");
-    assert_eq!(m.check_placement("lxd:9").unwrap_err().code(), "invalid_field");
-    assert_eq!(m.check_placement("lxd:0").unwrap(), Placement::NewContainer("0".into()));
-    let e = m.set_config(&c, "web", &[("port".to_string(), "eighty".to_string())].into_iter().collect(), &[]).unwrap_err();
+    assert_eq!(
+        m.check_placement("lxd:9").unwrap_err().code(),
+        "invalid_field"
+    );
+    assert_eq!(
+        m.check_placement("lxd:0").unwrap(),
+        Placement::NewContainer("0".into())
+    );
+    let e = m
+        .set_config(
+            &c,
+            "web",
+            &[("port".to_string(), "eighty".to_string())]
+                .into_iter()
+                .collect(),
+            &[],
+        )
+        .unwrap_err();
     assert_eq!(e.code(), "invalid_config");
-    let e = m.set_config(&c, "web", &[("nope".to_string(), "1".to_string())].into_iter().collect(), &[]).unwrap_err();
+    let e = m
+        .set_config(
+            &c,
+            "web",
+            &[("nope".to_string(), "1".to_string())]
+                .into_iter()
+                .collect(),
+            &[],
+        )
+        .unwrap_err();
     assert!(e.to_string().contains("nope"), "{e}");
 }
 
@@ -110,7 +161,9 @@ fn a_commit_is_applied_once() {
     let mut m = model();
     let u = m.units["web/0"].clone();
     let view = m.unit_view(&c, &u).unwrap();
-    let Operation::Run(hook) = next(&view, &u.state) else { panic!() };
+    let Operation::Run(hook) = next(&view, &u.state) else {
+        panic!()
+    };
     let commit = HookCommit {
         unit: u.name.clone(),
         base_version: 0,
@@ -120,7 +173,10 @@ fn a_commit_is_applied_once() {
         unit_settings: BTreeMap::new(),
         app_settings: BTreeMap::new(),
         leader_settings: BTreeMap::new(),
-        workload_status: Some(kumo_uniter::WorkloadStatus { state: WorkloadState::Maintenance, message: "installing".into() }),
+        workload_status: Some(kumo_uniter::WorkloadStatus {
+            state: WorkloadState::Maintenance,
+            message: "installing".into(),
+        }),
         ports: None,
         logs: vec![],
         output: String::new(),
@@ -129,7 +185,10 @@ fn a_commit_is_applied_once() {
     assert_eq!(m.commit("1", &commit, 1).unwrap().1, 1);
     assert_eq!(m.commit("1", &commit, 1).unwrap().1, 1);
     assert_eq!(m.units["web/0"].state_version, 1);
-    assert_eq!(m.commit("0", &commit, 1).unwrap_err().code(), "unauthorized");
+    assert_eq!(
+        m.commit("0", &commit, 1).unwrap_err().code(),
+        "unauthorized"
+    );
 }
 
 #[test]
@@ -138,5 +197,8 @@ fn removing_the_leader_elects_another() {
     let u1 = m.add_unit("web", "0").unwrap();
     assert_eq!(m.doc.applications["web"].leader.as_deref(), Some("web/0"));
     m.remove_unit("web/0").unwrap();
-    assert_eq!(m.doc.applications["web"].leader.as_deref(), Some(u1.as_str()));
+    assert_eq!(
+        m.doc.applications["web"].leader.as_deref(),
+        Some(u1.as_str())
+    );
 }

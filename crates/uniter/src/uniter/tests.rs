@@ -91,7 +91,11 @@ fn a_remote_settings_change_fires_relation_changed_once() {
     v.relations.push(relation(1, &[("mariadb/0", 0)]));
     let mut s = UniterState::default();
     settle(&v, &mut s);
-    v.relations[0].remote_units.get_mut("mariadb/0").unwrap().version = 4;
+    v.relations[0]
+        .remote_units
+        .get_mut("mariadb/0")
+        .unwrap()
+        .version = 4;
     assert_eq!(settle(&v, &mut s), ["db-relation-changed"]);
     v.relations[0].remote_app.version = 2;
     assert_eq!(settle(&v, &mut s), ["db-relation-changed"]);
@@ -126,7 +130,10 @@ fn a_failed_hook_blocks_until_resolved_and_retry_reruns_it() {
     let failed = fail(&s0, &install, "exit status 1", 0);
     assert_eq!(next(&v0, &failed), Operation::Blocked);
     let mut v = v0.clone();
-    v.resolve = Resolve { seq: 1, retry: true };
+    v.resolve = Resolve {
+        seq: 1,
+        retry: true,
+    };
     assert_eq!(next(&v, &failed), Operation::Run(install.clone()));
     let s = complete(&failed, &install, 1);
     assert!(s.installed && s.error.is_none());
@@ -149,7 +156,12 @@ fn a_dying_unit_leaves_relations_then_stops_and_is_removed() {
     v.life = Life::Dying;
     assert_eq!(
         settle(&v, &mut s),
-        ["db-relation-departed", "db-relation-broken", "stop", "remove"]
+        [
+            "db-relation-departed",
+            "db-relation-broken",
+            "stop",
+            "remove"
+        ]
     );
     assert_eq!(next(&v, &s), Operation::Done);
 }
@@ -295,17 +307,41 @@ proptest! {
 /// joined before changed/departed for a unit; no unit joins twice.
 fn check_order(h: &Hook, joined: &mut std::collections::BTreeSet<(u64, String)>) {
     match h {
-        Hook::RelationJoined { relation, remote_unit, .. } => {
-            assert!(joined.insert((*relation, remote_unit.clone())), "joined twice: {h:?}");
+        Hook::RelationJoined {
+            relation,
+            remote_unit,
+            ..
+        } => {
+            assert!(
+                joined.insert((*relation, remote_unit.clone())),
+                "joined twice: {h:?}"
+            );
         }
-        Hook::RelationChanged { relation, remote_unit: Some(u), .. } => {
-            assert!(joined.contains(&(*relation, u.clone())), "changed before joined: {h:?}");
+        Hook::RelationChanged {
+            relation,
+            remote_unit: Some(u),
+            ..
+        } => {
+            assert!(
+                joined.contains(&(*relation, u.clone())),
+                "changed before joined: {h:?}"
+            );
         }
-        Hook::RelationDeparted { relation, remote_unit, .. } => {
-            assert!(joined.remove(&(*relation, remote_unit.clone())), "departed unjoined: {h:?}");
+        Hook::RelationDeparted {
+            relation,
+            remote_unit,
+            ..
+        } => {
+            assert!(
+                joined.remove(&(*relation, remote_unit.clone())),
+                "departed unjoined: {h:?}"
+            );
         }
         Hook::RelationBroken { relation, .. } => {
-            assert!(!joined.iter().any(|(r, _)| r == relation), "broken with units joined: {h:?}");
+            assert!(
+                !joined.iter().any(|(r, _)| r == relation),
+                "broken with units joined: {h:?}"
+            );
         }
         _ => {}
     }
