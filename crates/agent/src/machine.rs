@@ -362,6 +362,18 @@ async fn serve_tools(
                         let mut c = ctx.lock().expect("context lock");
                         tools::run(&mut c, &req.tool, &req.args, &read)
                     };
+                    // Juju shows status-set at once, not at the hook's end:
+                    // an operator watching a long install sees its progress.
+                    if req.tool == "status-set" && out.code == 0 {
+                        let status = ctx.lock().expect("context lock").status.clone();
+                        let unit = ctx.lock().expect("context lock").view.unit.clone();
+                        let _ = client
+                            .post::<_, ()>(
+                                &format!("{base}/status"),
+                                &serde_json::json!({"unit": unit, "status": status}),
+                            )
+                            .await;
+                    }
                     if let Some((dest, content)) = out.write.take() {
                         if let Err(e) = write_file(Path::new(&dest), content.as_bytes()) {
                             out.code = 1;

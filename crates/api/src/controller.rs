@@ -435,7 +435,9 @@ struct ViewQuery {
 }
 
 fn split_rest(rest: &str) -> Option<(&str, &str)> {
-    for verb in ["/view", "/commit", "/running", "/secret", "/charms/"] {
+    for verb in [
+        "/view", "/commit", "/running", "/secret", "/status", "/charms/",
+    ] {
         if let Some(i) = rest.find(verb) {
             return Some((&rest[..i], &rest[i + 1..]));
         }
@@ -485,6 +487,12 @@ async fn agent_get(
 }
 
 #[derive(Deserialize)]
+struct StatusReport {
+    unit: String,
+    status: kumo_uniter::WorkloadStatus,
+}
+
+#[derive(Deserialize)]
 struct SecretRequest {
     unit: String,
     id: String,
@@ -518,6 +526,13 @@ async fn agent_post(
                 .agent_secret(&m, machine, &t, &r.unit, &r.id)
                 .await?;
             Ok(Json(serde_json::json!({ "value": value })).into_response())
+        }
+        "status" => {
+            let r: StatusReport = serde_json::from_slice(&body).map_err(bad)?;
+            s.controller
+                .agent_status(&m, machine, &t, &r.unit, r.status)
+                .await?;
+            Ok(StatusCode::NO_CONTENT.into_response())
         }
         "running" => {
             let r: Running = serde_json::from_slice(&body).map_err(bad)?;

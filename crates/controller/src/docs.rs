@@ -123,6 +123,10 @@ pub struct MachineDoc {
     /// SHA-256 of the agent's token.
     pub token_hash: String,
     pub agent_seen: Option<i64>,
+    /// The bundle machine this was made for, so a second deploy of the
+    /// bundle finds it.
+    #[serde(default)]
+    pub bundle_machine: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -829,13 +829,18 @@ impl Controller {
     ) -> Result<()> {
         use kumo_charm::Step;
         match step {
-            Step::AddMachine { id, spec, .. } => {
+            Step::AddMachine {
+                id,
+                spec,
+                bundle_machine,
+            } => {
                 let got = self.add_machine_in(m, None, spec.constraints.clone())?;
                 if &got != id {
                     return Err(ControllerError::Conflict(format!(
                         "bundle planned machine {id}, model made {got}"
                     )));
                 }
+                m.machines.get_mut(&got).expect("added").bundle_machine = bundle_machine.clone();
             }
             Step::AddContainer { id, host, .. } => {
                 let got = self.add_machine_in(m, Some(&format!("lxd:{host}")), None)?;
@@ -1025,6 +1030,31 @@ impl Controller {
         Self::check_token(m, machine, token)?;
         m.running.insert(unit.to_string(), hook.to_string());
         Ok(())
+    }
+
+    /// `status-set` during a hook: shown at once, as in Juju.
+    pub async fn agent_status(
+        &self,
+        model: &str,
+        machine: &str,
+        token: &str,
+        unit: &str,
+        status: kumo_uniter::WorkloadStatus,
+    ) -> Result<()> {
+        self.with_model(model, |m, _, _| {
+            Self::check_token(m, machine, token)?;
+            let u = m
+                .units
+                .get_mut(unit)
+                .filter(|u| u.machine == machine)
+                .ok_or_else(|| ControllerError::Unauthorized(machine.to_string()))?;
+            if u.workload != status {
+                u.workload = status;
+                m.dirty.units.insert(unit.to_string());
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// `secret-get`: a charm secret in clear, for a hook of `unit` only.

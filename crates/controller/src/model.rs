@@ -164,6 +164,7 @@ impl Model {
                 placement,
                 token_hash,
                 agent_seen: None,
+                bundle_machine: None,
             },
         );
         self.dirty.machines.insert(id.clone());
@@ -1202,7 +1203,7 @@ impl Model {
                 kumo_charm::Machine {
                     constraints: m.constraints.clone(),
                     series: None,
-                    bundle_machine: None,
+                    bundle_machine: m.bundle_machine.clone(),
                 },
             );
         }

@@ -226,28 +226,29 @@ fn a_bundle_of_mariadb_and_a_web_app_on_container_machines() {
     };
     let listen = format!("{HOST_IP}:{}", h.port);
 
-    // The package proxy machines install through (as a rack runs one).
+    // The package proxy machines install through, configured as a rack
+    // configures it (crates/rack/src/proxy.rs).
     let proxy_dir = h.dir.path().join("proxy");
-    for d in ["cache", "log", "conf"] {
+    for d in ["cache", "log", "conf", "run"] {
         std::fs::create_dir_all(proxy_dir.join(d)).unwrap();
     }
+    std::fs::write(
+        proxy_dir.join("conf/acng.conf"),
+        format!(
+            "CacheDir: {p}/cache\nLogDir: {p}/log\nSupportDir: /usr/lib/apt-cacher-ng\n\
+             SocketPath: {p}/run/socket\nPort: {PROXY_PORT}\nBindAddress: {HOST_IP}\n\
+             ForeGround: 1\nPassThroughPattern: .*:443$\n",
+            p = proxy_dir.display()
+        ),
+    )
+    .unwrap();
     let _ = sh(&format!(
         "chown -R apt-cacher-ng {} 2>/dev/null",
         proxy_dir.display()
     ));
     h.spawn(
         "/usr/sbin/apt-cacher-ng",
-        &[
-            "-c",
-            "/etc/apt-cacher-ng",
-            "ForeGround=1",
-            &format!("Port={PROXY_PORT}"),
-            &format!("BindAddress={HOST_IP}"),
-            &format!("CacheDir={}", proxy_dir.join("cache").display()),
-            &format!("LogDir={}", proxy_dir.join("log").display()),
-            "PassThroughPattern=.*",
-            "ReportPage=",
-        ],
+        &["-c", proxy_dir.join("conf").to_str().unwrap()],
         "proxy.log",
     );
 

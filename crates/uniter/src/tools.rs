@@ -585,17 +585,18 @@ fn run_inner(
             let what = pos
                 .first()
                 .ok_or_else(|| ToolOutput::usage(tool, "missing setting"))?;
-            let v =
-                match what.as_str() {
-                    "private-address" => &ctx.view.private_address,
-                    "public-address" => &ctx.view.public_address,
-                    other => return Err(ToolOutput::usage(
+            let v = match what.as_str() {
+                "private-address" => &ctx.view.private_address,
+                "public-address" => &ctx.view.public_address,
+                other => {
+                    return Err(ToolOutput::usage(
                         tool,
                         format!(
                             "unknown setting {other:?}: expected private-address or public-address"
                         ),
-                    )),
-                };
+                    ))
+                }
+            };
             Ok(ToolOutput::ok(show_value(Some(v), json)))
         }
         "is-leader" => Ok(ToolOutput::ok(if json {
