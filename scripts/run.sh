@@ -6,10 +6,13 @@
 # driver. The first run builds the Debian image (`kumo images build`,
 # cached after). Then every machine network-boots from the rack, is
 # commissioned and deployed with Debian, and answers ssh with the lab's
-# key; the table at the end shows them Deployed. Ctrl-C runs `kumo
-# lab down`: region, rack and machines stop and the bridge goes; disks and
-# the region's data stay for the next run (`kumo lab down --purge` deletes
-# them).
+# key; the table at the end shows them Deployed. Then the controller in
+# the region deploys charms/bundle.yaml — MariaDB and a web application on
+# two systemd-nspawn container machines on the same bridge — and the run
+# ends with the application's HTTP answer, read from the database.
+# Ctrl-C runs `kumo lab down`: region, rack, machines and containers stop
+# and the bridge goes; disks and the region's data stay for the next run
+# (`kumo lab down --purge` deletes them).
 #   bash scripts/run.sh [number-of-lab-machines]   (default 2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +25,7 @@ unset KUMO_PROFILE
 # the Debian image (debootstrap, GRUB), and ssh.
 bash scripts/deps-agent.sh
 bash scripts/deps-images.sh
+bash scripts/deps-containers.sh
 source scripts/apt-ensure.sh
 apt_ensure run ipxe iproute2 apt-cacher-ng
 cargo build --release -q -p kumo
@@ -32,11 +36,31 @@ trap '[ -z "$sleeper" ] || kill "$sleeper" 2>/dev/null; "$kumo" lab down' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM HUP
 "$kumo" lab up --machines "$machines" --deploy
+
+# Orchestration: the demo bundle on container machines (idempotent).
+"$kumo" deploy charms/bundle.yaml
+echo "waiting for webapp/0 to be active (kumo status shows progress)"
+address=
+for _ in $(seq 1 360); do
+  address=$("$kumo" status --format json | python3 -c '
+import json, sys
+u = json.load(sys.stdin).get("units", {}).get("webapp/0", {})
+print(u.get("address") or "" if u.get("workload") == "active" and u.get("agent") == "idle" else "")')
+  [ -n "$address" ] && break
+  sleep 5
+done
+"$kumo" status
+if [ -n "$address" ]; then
+  echo; echo "curl http://$address:8080/"; curl -s "http://$address:8080/"
+else
+  echo "webapp/0 did not become active in 30 minutes; see kumo debug-log" >&2
+fi
 cat <<MSG
 
 In another shell:
   export KUMO_DATA_DIR=$KUMO_DATA_DIR KUMO_CONFIG_DIR=$KUMO_CONFIG_DIR PATH=$(dirname "$kumo"):\$PATH
   kumo machines list
+  kumo status; kumo debug-log
   curl http://10.248.0.1:5248/metrics
 Ctrl-C stops the lab (kumo lab down).
 MSG

@@ -1517,11 +1517,17 @@ async fn exec(
     let mut failed = Vec::new();
     for id in &ids {
         let info = wait_action(c, model, *id, Some(deadline)).await?;
-        for l in info.stdout.lines() {
-            println!("{}: {l}", info.unit);
-        }
-        for l in info.stderr.lines() {
-            eprintln!("{}: {l}", info.unit);
+        if ids.len() == 1 {
+            // One unit: its output as it is, for pipes (as `juju exec`).
+            print!("{}", info.stdout);
+            eprint!("{}", info.stderr);
+        } else {
+            for l in info.stdout.lines() {
+                println!("{}: {l}", info.unit);
+            }
+            for l in info.stderr.lines() {
+                eprintln!("{}: {l}", info.unit);
+            }
         }
         if info.status != "completed" {
             let why = if info.message.is_empty() {

@@ -726,6 +726,7 @@ async fn ensure_network_model(c: &Client, s: &Settings) -> Result<Vec<String>> {
     let wanted = [
         (RangeKind::Reserved, 1, 9, "rack and gateway"),
         (RangeKind::Dynamic, 100, 199, "enlistment"),
+        (RangeKind::Reserved, 200, 249, "container machines"),
     ];
     for (kind, from, to, comment) in wanted {
         let (start, end) = (offset(base, from), offset(base, to));
@@ -997,7 +998,14 @@ async fn up(a: UpArgs) -> Result<()> {
     }
     paths.save(&s)?;
 
-    ensure_region_dir(&paths, a.region_listen.as_deref()).await?;
+    // On the lab's bridge, so container machines' agents reach the
+    // controller in the region process.
+    let default_listen = format!("{}:5240", s.rack_ip()?);
+    ensure_region_dir(
+        &paths,
+        Some(a.region_listen.as_deref().unwrap_or(&default_listen)),
+    )
+    .await?;
     let listen = RegionFile::load(&paths.region_dir())?.listen;
     let url = format!("http://{listen}");
     // The listen address is passed though region.json holds it, so a
@@ -1074,6 +1082,23 @@ async fn up(a: UpArgs) -> Result<()> {
     if ensure_ssh_key(&c, &paths).await? {
         made.push("the lab's SSH key".into());
     }
+    if ensure_controller(&c, &paths, &s, &url).await? {
+        made.push("the controller (model default)".into());
+    }
+    // Container machines a `lab down` stopped boot again.
+    let containers = kumo_containers::Containers::new(paths.region_dir().join("containers"));
+    for name in containers.list().await.unwrap_or_default() {
+        if matches!(
+            containers.state(&name).await,
+            Ok(kumo_containers::ContainerState::Stopped)
+        ) {
+            containers
+                .start(&name)
+                .await
+                .with_context(|| format!("starting container machine {name}"))?;
+            made.push(format!("container {name}"));
+        }
+    }
     if !a.no_image && ensure_image(&c, &paths).await? {
         made.push("the Debian image".into());
     }
@@ -1096,6 +1121,58 @@ async fn up(a: UpArgs) -> Result<()> {
         summary(&c, &paths, &s, &url, t0.elapsed()).await?;
     }
     Ok(())
+}
+
+/// Bootstraps the controller on the lab's bridge: container machines get
+/// .200–.249 (reserved in IPAM), the rack's package proxy, the lab key for
+/// `kumo ssh`; agents call the region on the bridge. True when it was not
+/// bootstrapped before.
+async fn ensure_controller(c: &Client, paths: &Paths, s: &Settings, url: &str) -> Result<bool> {
+    let net = s.network()?;
+    let rack = s.rack_ip()?;
+    let port = url
+        .rsplit(':')
+        .next()
+        .unwrap_or("5240")
+        .trim_end_matches('/');
+    let key = std::fs::read_to_string(paths.ssh_key().with_extension("pub")).unwrap_or_default();
+    let wanted = kumo_model::orchestra::Bootstrap {
+        agent_url: format!("http://{rack}:{port}"),
+        bridge: s.bridge.clone(),
+        address_range: format!(
+            "{}-{}",
+            offset(net.network(), 200),
+            offset(net.network(), 249)
+        ),
+        prefix: net.prefix(),
+        gateway: Some(rack.to_string()),
+        dns: vec![],
+        apt_proxy: s.proxy_url()?,
+        authorized_keys: key
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_owned)
+            .collect(),
+        controller_id: String::new(),
+    };
+    let have: Option<kumo_model::orchestra::Bootstrap> = match c.get("/api/v1/controller").await {
+        Ok(b) => Some(b),
+        Err(ClientError::Api { code, .. }) if code == "not_bootstrapped" => None,
+        Err(e) => return Err(e).context("asking whether the controller is bootstrapped"),
+    };
+    if have.as_ref().is_some_and(|h| {
+        kumo_model::orchestra::Bootstrap {
+            controller_id: String::new(),
+            ..h.clone()
+        } == wanted
+    }) {
+        return Ok(false);
+    }
+    let _: Value = c
+        .put("/api/v1/controller", &wanted)
+        .await
+        .context("bootstrapping the controller")?;
+    Ok(have.is_none())
 }
 
 /// The key deployed lab machines accept for `debian`: made once with
@@ -1371,6 +1448,24 @@ fn down(purge: bool) -> Result<()> {
             ));
         }
         let _ = std::fs::remove_file(&pid_file);
+    }
+    // Container machines (the controller's) stop through their init; their
+    // root filesystems stay, and the next `lab up` boots them again.
+    let containers = kumo_containers::Containers::new(paths.region_dir().join("containers"));
+    let handle = tokio::runtime::Handle::current();
+    for name in
+        tokio::task::block_in_place(|| handle.block_on(containers.list())).unwrap_or_default()
+    {
+        let running = matches!(
+            tokio::task::block_in_place(|| handle.block_on(containers.state(&name))),
+            Ok(kumo_containers::ContainerState::Running { .. })
+        );
+        if running {
+            match tokio::task::block_in_place(|| handle.block_on(containers.stop(&name))) {
+                Ok(()) => done.push(format!("stopped container {name}")),
+                Err(e) => eprintln!("warning: stopping container {name}: {e}"),
+            }
+        }
     }
     // The rack stops its package proxy; one a killed rack left behind goes too.
     let proxy_pid = paths.rack_dir().join("proxy/run/apt-cacher-ng.pid");

@@ -326,6 +326,40 @@ fn a_bundle_of_mariadb_and_a_web_app_on_container_machines() {
     let (code, body) = http_get(&format!("http://{web}:8080/"));
     assert_eq!((code, body.trim()), (200, "hello from mariadb"));
 
+    // The database password is a secret: the app has it, kumo never shows it.
+    let conf = h.ok(&[
+        "exec",
+        "--unit",
+        "webapp/0",
+        "--",
+        "cat",
+        "/etc/webapp/db.json",
+    ]);
+    let conf_json = &conf[conf.find('{').expect("db.json printed")..conf.rfind('}').unwrap() + 1];
+    let password = serde_json::from_str::<Value>(conf_json).unwrap()["password"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(password.len() >= 20, "{conf}");
+    for args in [
+        vec!["status", "--format", "json"],
+        vec!["show-unit", "webapp/0"],
+        vec!["show-unit", "mariadb/0"],
+        vec!["debug-log", "--no-tail", "--lines", "100000"],
+    ] {
+        let out = h.ok(&args);
+        assert!(
+            !out.contains(&password),
+            "kumo {args:?} shows the database password"
+        );
+    }
+    let show = h.ok(&["show-unit", "webapp/0"]);
+    assert!(show.contains("mariadb/password-webapp"), "{show}");
+
+    // An action, with its results.
+    let action = h.ok(&["run-action", "mariadb/0", "list-databases", "--wait"]);
+    assert!(action.contains("webapp"), "{action}");
+
     // Idempotent: nothing to do the second time.
     let again = h.ok(&["deploy", "charms/bundle.yaml"]);
     assert!(again.contains("nothing to do"), "{again}");
@@ -394,6 +428,29 @@ fn a_bundle_of_mariadb_and_a_web_app_on_container_machines() {
         before + 1,
         "config-changed completed exactly once more"
     );
+
+    // A hook that fails leaves the unit in error, its output in
+    // show-unit; fixing the config and `resolve` (retry) recovers it.
+    h.ok(&["config", "webapp", "port=70000"]);
+    h.wait_status("webapp/0 in error", 120, |s| {
+        workload(s, "webapp/0") == "error"
+    });
+    let show = h.ok(&["show-unit", "webapp/0"]);
+    assert!(
+        show.contains("invalid port"),
+        "the failed hook's output: {show}"
+    );
+    h.ok(&["config", "webapp", "port=8081"]);
+    h.ok(&["resolve", "webapp/0"]);
+    h.wait_status("webapp/0 resolved", 120, |s| {
+        workload(s, "webapp/0") == "active" && idle(s, "webapp/0")
+    });
+    h.wait_status("webapp/1 resolved", 120, |s| {
+        if workload(s, "webapp/1") == "error" {
+            let _ = h.kumo(&["resolve", "webapp/1"]);
+        }
+        workload(s, "webapp/1") == "active" && idle(s, "webapp/1")
+    });
 
     // Without the relation the application has no database: blocked.
     h.ok(&["remove-relation", "webapp", "mariadb"]);
