@@ -61,6 +61,10 @@ pub struct AppDoc {
     pub leader: Option<String>,
     pub leader_settings: Versioned,
     pub life: Life,
+    /// A subordinate's units follow its principals' units (one on each of
+    /// their machines) through container-scoped relations.
+    #[serde(default)]
+    pub subordinate: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +82,9 @@ pub struct RelationDoc {
     pub ends: Vec<RelationEnd>,
     /// Application name → its application settings.
     pub app_data: BTreeMap<String, Versioned>,
+    /// Relates a subordinate's unit with its principal unit only.
+    #[serde(default)]
+    pub container_scope: bool,
 }
 
 impl RelationDoc {
@@ -91,8 +98,15 @@ impl RelationDoc {
     pub fn end_of(&self, app: &str) -> Option<&RelationEnd> {
         self.ends.iter().find(|e| e.application == app)
     }
+    /// The other end; a peer relation's only end is its own other end.
     pub fn other(&self, app: &str) -> Option<&RelationEnd> {
+        if self.is_peer() {
+            return self.ends.first().filter(|e| e.application == app);
+        }
         self.ends.iter().find(|e| e.application != app)
+    }
+    pub fn is_peer(&self) -> bool {
+        self.ends.len() == 1
     }
 }
 
@@ -144,6 +158,9 @@ pub struct UnitDoc {
     pub resolve: Resolve,
     /// The output of the last failed hook, shown by `show-unit`.
     pub last_failure: Option<String>,
+    /// For a subordinate's unit: the principal unit it serves.
+    #[serde(default)]
+    pub principal: Option<String>,
 }
 
 impl UnitDoc {

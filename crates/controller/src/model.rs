@@ -236,8 +236,31 @@ impl Model {
                 leader: None,
                 leader_settings: Versioned::default(),
                 life: Life::Alive,
+                subordinate: charm.metadata.subordinate,
             },
         );
+        // Peer endpoints relate the application's units with each other
+        // from the start, as in Juju.
+        for (endpoint, ep) in &charm.metadata.endpoints {
+            if ep.role == Role::Peers {
+                let id = self.doc.next_relation;
+                self.doc.next_relation += 1;
+                self.doc.relations.insert(
+                    id,
+                    RelationDoc {
+                        id,
+                        interface: ep.interface.clone(),
+                        ends: vec![RelationEnd {
+                            application: name.to_string(),
+                            endpoint: endpoint.clone(),
+                            role: "peers".into(),
+                        }],
+                        app_data: BTreeMap::new(),
+                        container_scope: false,
+                    },
+                );
+            }
+        }
         self.dirty.model = true;
         self.log(
             name,
@@ -260,13 +283,26 @@ impl Model {
         let a = self
             .doc
             .applications
-            .get_mut(app)
+            .get(app)
             .ok_or_else(|| not_found("application", app))?;
         if a.life == Life::Dying {
             return Err(ControllerError::Conflict(format!(
                 "application {app} is being removed"
             )));
         }
+        if a.subordinate {
+            return Err(invalid(
+                "application",
+                format!("{app} is a subordinate: its units come with its principals' units (relate it to one)"),
+            ));
+        }
+        let name = self.new_unit(app, machine, None);
+        self.reconcile_subordinates();
+        Ok(name)
+    }
+
+    fn new_unit(&mut self, app: &str, machine: &str, principal: Option<String>) -> String {
+        let a = self.doc.applications.get_mut(app).expect("checked");
         let name = format!("{app}/{}", a.next_unit);
         a.next_unit += 1;
         self.dirty.model = true;
@@ -287,6 +323,7 @@ impl Model {
                 settings: BTreeMap::new(),
                 resolve: Resolve::default(),
                 last_failure: None,
+                principal,
             },
         );
         self.dirty.units.insert(name.clone());
@@ -296,7 +333,54 @@ impl Model {
             format!("unit {name} added on machine {machine}"),
         );
         self.elect(app);
-        Ok(name)
+        name
+    }
+
+    /// One subordinate unit beside every alive unit of each principal it
+    /// is related to in container scope, and none beside any other.
+    pub fn reconcile_subordinates(&mut self) {
+        // (subordinate application, principal unit)
+        let mut wanted: BTreeSet<(String, String)> = BTreeSet::new();
+        for r in self.doc.relations.values().filter(|r| r.container_scope) {
+            let sub = r.ends.iter().find(|e| {
+                self.doc
+                    .applications
+                    .get(&e.application)
+                    .is_some_and(|a| a.subordinate && a.life == Life::Alive)
+            });
+            let Some(sub) = sub else { continue };
+            let Some(principal) = r.other(&sub.application) else {
+                continue;
+            };
+            for u in self.units.values() {
+                if u.application == principal.application && u.life == Life::Alive {
+                    wanted.insert((sub.application.clone(), u.name.clone()));
+                }
+            }
+        }
+        let have: BTreeMap<(String, String), String> = self
+            .units
+            .values()
+            .filter(|u| u.life == Life::Alive)
+            .filter_map(|u| {
+                Some((
+                    (u.application.clone(), u.principal.clone()?),
+                    u.name.clone(),
+                ))
+            })
+            .collect();
+        for (key, unit) in &have {
+            if !wanted.contains(key) {
+                let _ = self.remove_unit(unit);
+            }
+        }
+        for (sub, principal) in wanted {
+            if have.contains_key(&(sub.clone(), principal.clone())) {
+                continue;
+            }
+            let machine = self.units[&principal].machine.clone();
+            self.new_unit(&sub, &machine, Some(principal));
+        }
     }
 
     /// Gives an application a leader when it has none alive: the
@@ -345,6 +429,8 @@ impl Model {
             format!("unit {unit} is being removed"),
         );
         self.elect(&app);
+        // A principal's subordinates go with it.
+        self.reconcile_subordinates();
         Ok(())
     }
 
@@ -588,11 +674,31 @@ impl Model {
         ];
         // Provider first, as status prints it.
         ends.sort_by_key(|e| e.role != "provides");
+        // Container scope on either side makes the relation one between
+        // units on the same machine (a subordinate and its principal).
+        let scoped = |e: &EndSpec| {
+            self.charm_of(charms, &e.application).ok().and_then(|c| {
+                c.metadata
+                    .endpoint_named(e.endpoint.as_deref().unwrap_or_default())
+                    .map(|ep| ep.container_scope)
+            }) == Some(true)
+        };
+        let container_scope = scoped(&ea) || scoped(&eb);
+        let subordinates = [&ea, &eb]
+            .iter()
+            .filter(|e| self.app(&e.application).is_ok_and(|a| a.subordinate))
+            .count();
+        if container_scope && subordinates != 1 {
+            return Err(ControllerError::Relation(format!(
+                "{a} {b}: a container-scoped relation joins one subordinate and one principal"
+            )));
+        }
         let rel = RelationDoc {
             id,
             interface,
             ends,
             app_data: BTreeMap::new(),
+            container_scope,
         };
         self.log(
             &ea.application,
@@ -601,6 +707,7 @@ impl Model {
         );
         self.doc.relations.insert(id, rel);
         self.dirty.model = true;
+        self.reconcile_subordinates();
         Ok(id)
     }
 
@@ -616,6 +723,7 @@ impl Model {
             Level::Info,
             format!("relation {} removed", rel.key()),
         );
+        self.reconcile_subordinates();
         Ok(())
     }
 
@@ -701,8 +809,11 @@ impl Model {
                 .values()
                 .filter(|u| {
                     u.application == remote.application
+                        && u.name != unit.name
                         && u.life == Life::Alive
                         && u.state.relations.contains_key(&rel.id)
+                        // Container scope: the unit on the same machine only.
+                        && (!rel.container_scope || u.machine == unit.machine)
                 })
                 .map(|u| {
                     (
@@ -1212,6 +1323,8 @@ impl Model {
                 .units
                 .values()
                 .filter(|u| &u.application == name && u.life == Life::Alive)
+                // A subordinate's units follow its relations, not the bundle.
+                .filter(|u| u.principal.is_none())
                 .map(|u| (u.number(), u.machine.clone()))
                 .collect();
             s.applications.insert(

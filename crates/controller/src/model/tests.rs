@@ -202,3 +202,108 @@ fn removing_the_leader_elects_another() {
         Some(u1.as_str())
     );
 }
+
+fn with_sub_and_peers() -> (Model, BTreeMap<String, Charm>) {
+    let mut c = charms();
+    c.insert(
+        "sha-agent".into(),
+        Charm::new(
+            Metadata::parse(
+                "metadata.yaml",
+                "name: bridge-agent\nsummary: s\nsubordinate: true\nrequires:\n  host:\n    interface: juju-info\n    scope: container\n",
+            )
+            .unwrap(),
+            ConfigSchema::default(),
+        ),
+    );
+    c.insert(
+        "sha-cluster".into(),
+        Charm::new(
+            Metadata::parse(
+                "metadata.yaml",
+                "name: cluster\nsummary: s\npeers:\n  ring:\n    interface: ring\n",
+            )
+            .unwrap(),
+            ConfigSchema::default(),
+        ),
+    );
+    let mut m = model();
+    m.deploy("agent", &c["sha-agent"], "sha-agent", BTreeMap::new(), None)
+        .unwrap();
+    (m, c)
+}
+
+#[test]
+fn a_subordinate_follows_its_principals_units() {
+    let (mut m, c) = with_sub_and_peers();
+    assert_eq!(
+        m.add_unit("agent", "0").unwrap_err().code(),
+        "invalid_field"
+    );
+    m.relate(&c, "agent", "web").unwrap();
+    let subs: Vec<(String, String)> = m
+        .units
+        .values()
+        .filter(|u| u.application == "agent")
+        .map(|u| (u.machine.clone(), u.principal.clone().unwrap()))
+        .collect();
+    assert_eq!(subs, [("1".to_string(), "web/0".to_string())]);
+    // A new principal unit brings its own subordinate.
+    m.add_unit("web", "0").unwrap();
+    assert_eq!(
+        m.units
+            .values()
+            .filter(|u| u.application == "agent")
+            .count(),
+        2
+    );
+    // The subordinate sees only the principal on its machine.
+    settle(&mut m, &c, &|_, _| BTreeMap::new());
+    let sub = m
+        .units
+        .values()
+        .find(|u| u.principal.as_deref() == Some("web/0"))
+        .unwrap()
+        .clone();
+    let view = m.unit_view(&c, &sub).unwrap();
+    let rel = view
+        .relations
+        .iter()
+        .find(|r| r.endpoint == "host")
+        .unwrap();
+    assert_eq!(rel.remote_units.keys().collect::<Vec<_>>(), ["web/0"]);
+    // Removing the relation removes the subordinates.
+    m.remove_relation(&c, "agent", "web").unwrap();
+    assert!(m
+        .units
+        .values()
+        .filter(|u| u.application == "agent")
+        .all(|u| u.life == Life::Dying));
+}
+
+#[test]
+fn peers_see_each_other() {
+    let (mut m, c) = with_sub_and_peers();
+    m.deploy(
+        "cluster",
+        &c["sha-cluster"],
+        "sha-cluster",
+        BTreeMap::new(),
+        None,
+    )
+    .unwrap();
+    m.add_unit("cluster", "0").unwrap();
+    m.add_unit("cluster", "1").unwrap();
+    let ran = settle(&mut m, &c, &|_, _| BTreeMap::new());
+    assert!(
+        ran.contains(&"cluster/0 ring-relation-joined".to_string()),
+        "{ran:?}"
+    );
+    let u = m.units["cluster/1"].clone();
+    let view = m.unit_view(&c, &u).unwrap();
+    assert_eq!(
+        view.relations[0].remote_units.keys().collect::<Vec<_>>(),
+        ["cluster/0"]
+    );
+    assert_eq!(view.relations[0].remote_application, "cluster");
+}
