@@ -1174,7 +1174,16 @@ impl Controller {
         for (model, kind, mach) in work {
             // A fresh token per attempt: only the hash is stored.
             let (token, hash) = self.new_token();
-            let instance = provider::instance_name(&boot.controller_id, &model, &mach.id);
+            // Manual machines are known by their SSH target.
+            let instance = match (
+                kind,
+                mach.placement
+                    .as_deref()
+                    .and_then(|p| p.strip_prefix("ssh:")),
+            ) {
+                (ProviderKind::Manual, Some(target)) => target.to_string(),
+                _ => provider::instance_name(&boot.controller_id, &model, &mach.id),
+            };
             let address = match kind {
                 ProviderKind::Containers => {
                     let used: Vec<String> = {

@@ -209,63 +209,86 @@ impl ContainersProvider {
                 )
             })?;
         let host = target.rsplit('@').next().unwrap_or(target).to_string();
-        let ssh = |args: Vec<String>, stdin: Option<Vec<u8>>| {
-            let target = target.to_string();
-            async move {
-                let mut cmd = tokio::process::Command::new("ssh");
-                cmd.args([
-                    "-o",
-                    "BatchMode=yes",
-                    "-o",
-                    "StrictHostKeyChecking=accept-new",
-                    "-o",
-                    "ConnectTimeout=10",
-                ]);
-                if let Ok(key) = std::env::var("KUMO_SSH_KEY") {
-                    cmd.args(["-i", &key]);
-                }
-                cmd.arg(&target).args(&args);
-                cmd.stdin(std::process::Stdio::piped())
-                    .stdout(std::process::Stdio::piped())
-                    .stderr(std::process::Stdio::piped());
-                let mut child = cmd.spawn().map_err(|e| format!("ssh: {e}"))?;
-                let mut input = child.stdin.take().expect("piped");
-                if let Some(data) = stdin {
-                    use tokio::io::AsyncWriteExt;
-                    input
-                        .write_all(&data)
-                        .await
-                        .map_err(|e| format!("ssh {target}: {e}"))?;
-                }
-                drop(input);
-                let out = child
-                    .wait_with_output()
-                    .await
-                    .map_err(|e| format!("ssh {target}: {e}"))?;
-                if !out.status.success() {
-                    return Err(format!(
-                        "ssh {target} {}: {}",
-                        args.join(" "),
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    ));
-                }
-                Ok(())
-            }
-        };
         let binary = std::fs::read(&self.kumo_binary)
             .map_err(|e| format!("reading {}: {e}", self.kumo_binary.display()))?;
-        ssh(vec!["sh".into(), "-c".into(), "'mkdir -p /etc/kumo /usr/local/bin && cat > /usr/local/bin/kumo.new && chmod 755 /usr/local/bin/kumo.new && mv /usr/local/bin/kumo.new /usr/local/bin/kumo'".into()], Some(binary)).await?;
-        ssh(
-            vec![
-                "sh".into(),
-                "-c".into(),
-                "'umask 077 && cat > /etc/kumo/agent.json'".into(),
-            ],
+        let sh = |script: &str| vec!["sh".to_string(), "-c".to_string(), format!("'{script}'")];
+        self.ssh(
+            target,
+            sh("mkdir -p /etc/kumo /usr/local/bin && cat > /usr/local/bin/kumo.new && chmod 755 /usr/local/bin/kumo.new && mv /usr/local/bin/kumo.new /usr/local/bin/kumo"),
+            Some(binary),
+        )
+        .await?;
+        self.ssh(
+            target,
+            sh("umask 077 && cat > /etc/kumo/agent.json"),
             Some(serde_json::to_vec_pretty(&req.agent).expect("config")),
         )
         .await?;
-        ssh(vec!["sh".into(), "-c".into(), "'cat > /etc/systemd/system/kumo-agent.service && systemctl daemon-reload && systemctl enable kumo-agent.service && systemctl restart kumo-agent.service'".into()], Some(agent_unit().into_bytes())).await?;
+        self.ssh(
+            target,
+            sh("cat > /etc/systemd/system/kumo-agent.service && systemctl daemon-reload && systemctl enable kumo-agent.service && systemctl restart kumo-agent.service"),
+            Some(agent_unit().into_bytes()),
+        )
+        .await?;
         Ok(host)
+    }
+
+    /// Runs a command on `user@host` as the controller's user, with
+    /// `KUMO_SSH_KEY` if set; host keys are remembered per controller.
+    async fn ssh(
+        &self,
+        target: &str,
+        args: Vec<String>,
+        stdin: Option<Vec<u8>>,
+    ) -> Result<(), String> {
+        use tokio::io::AsyncWriteExt;
+        let known_hosts = self
+            .containers
+            .dir("x")
+            .parent()
+            .and_then(|p| p.parent())
+            .map(|p| p.join("ssh_known_hosts"))
+            .unwrap_or_else(|| PathBuf::from("/dev/null"));
+        let mut cmd = tokio::process::Command::new("ssh");
+        cmd.args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=accept-new",
+            "-o",
+            "ConnectTimeout=10",
+        ])
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", known_hosts.display()));
+        if let Ok(key) = std::env::var("KUMO_SSH_KEY") {
+            cmd.args(["-i", &key]);
+        }
+        cmd.arg(target)
+            .args(&args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| format!("ssh: {e}"))?;
+        let mut input = child.stdin.take().expect("piped");
+        if let Some(data) = stdin {
+            input
+                .write_all(&data)
+                .await
+                .map_err(|e| format!("ssh {target}: {e}"))?;
+        }
+        drop(input);
+        let out = child
+            .wait_with_output()
+            .await
+            .map_err(|e| format!("ssh {target}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "ssh {target} {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -296,8 +319,15 @@ impl Provider for ContainersProvider {
                 .destroy(instance)
                 .await
                 .map_err(|e| e.to_string()),
-            // A manual machine is the operator's; kumo only leaves it.
-            ProviderKind::Manual => Ok(()),
+            // A manual machine is the operator's: kumo only removes its
+            // agent, and an unreachable host does not block the removal.
+            ProviderKind::Manual => {
+                let sh = "sh -c 'systemctl disable --now kumo-agent.service; rm -f /etc/kumo/agent.json'";
+                if let Err(e) = self.ssh(instance, vec![sh.to_string()], None).await {
+                    tracing::warn!("removing the agent from {instance}: {e}");
+                }
+                Ok(())
+            }
         }
     }
 }

@@ -240,7 +240,11 @@ fn lab_up_converges_powers_a_machine_and_down_purge_removes_it_all() {
     assert_eq!(lab.component("region"), (true, region_pid));
     assert_eq!(lab.component("rack"), (true, rack_pid));
     assert_eq!(lab.json(&["machines", "list"]).as_array().unwrap().len(), 1);
-    assert_eq!(lab.json(&["ipranges", "list"]).as_array().unwrap().len(), 2);
+    // Reserved, dynamic, and the container machines' reserved range.
+    assert_eq!(lab.json(&["ipranges", "list"]).as_array().unwrap().len(), 3);
+    // The controller is bootstrapped on the lab's bridge, once.
+    let models = lab.ok(&["models"]);
+    assert!(models.contains("default"), "{models}");
     assert_eq!(lab.json(&["subnets", "list"]).as_array().unwrap().len(), 1);
 
     // Down with --purge: processes, links and files are gone.

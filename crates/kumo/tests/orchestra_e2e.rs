@@ -57,12 +57,16 @@ impl Drop for Harness {
             let _ = c.kill();
             let _ = c.wait();
         }
-        // Anything a failed destroy left behind.
-        let state = self.dir.path().join("data/containers");
-        if let Ok(entries) = std::fs::read_dir(&state) {
-            for e in entries.flatten() {
-                if let Ok(pid) = std::fs::read_to_string(e.path().join("nspawn.pid")) {
-                    let _ = sh(&format!("kill -9 {} 2>/dev/null", pid.trim()));
+        // Anything a failed destroy left behind, and the manual host.
+        for state in [
+            self.dir.path().join("data/containers"),
+            self.dir.path().join("hosts"),
+        ] {
+            if let Ok(entries) = std::fs::read_dir(&state) {
+                for e in entries.flatten() {
+                    if let Ok(pid) = std::fs::read_to_string(e.path().join("nspawn.pid")) {
+                        let _ = sh(&format!("kill -9 {} 2>/dev/null", pid.trim()));
+                    }
                 }
             }
         }
@@ -87,7 +91,11 @@ impl Harness {
     }
 
     fn status(&self) -> Value {
-        serde_json::from_str(&self.ok(&["status", "--format", "json"])).unwrap()
+        self.status_of("default")
+    }
+
+    fn status_of(&self, model: &str) -> Value {
+        serde_json::from_str(&self.ok(&["status", "-m", model, "--format", "json"])).unwrap()
     }
 
     fn spawn(&mut self, program: &str, args: &[&str], log: &str) {
@@ -105,10 +113,20 @@ impl Harness {
 
     /// Waits for `f` on `kumo status`, printing each new summary line.
     fn wait_status(&self, what: &str, secs: u64, f: impl Fn(&Value) -> bool) -> Duration {
+        self.wait_status_of("default", what, secs, f)
+    }
+
+    fn wait_status_of(
+        &self,
+        model: &str,
+        what: &str,
+        secs: u64,
+        f: impl Fn(&Value) -> bool,
+    ) -> Duration {
         let start = Instant::now();
         let mut last = String::new();
         loop {
-            let s = self.status();
+            let s = self.status_of(model);
             let line = summary(&s);
             if line != last {
                 eprintln!("[{:>6.1}s] {line}", start.elapsed().as_secs_f64());
@@ -251,6 +269,20 @@ fn a_bundle_of_mariadb_and_a_web_app_on_container_machines() {
         &["-c", proxy_dir.join("conf").to_str().unwrap()],
         "proxy.log",
     );
+
+    // The key the controller logs in to manual machines with.
+    let key = h.dir.path().join("id_ed25519");
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "kumo-test", "-f"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ssh-keygen: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::env::set_var("KUMO_SSH_KEY", &key);
 
     h.ok(&["init", "--listen", &listen, "--password", "correct-horse"]);
     let cache = repo().join(".cache/containers");
@@ -463,6 +495,53 @@ fn a_bundle_of_mariadb_and_a_web_app_on_container_machines() {
     assert_eq!(unit(&s, "webapp/0")["message"], "needs a database relation");
     let (code, _) = http_get(&format!("http://{web}:8081/"));
     assert_ne!(code, 200);
+    // An existing host over SSH: the manual provider installs the same
+    // agent there, and removes it with the model.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let hosts = kumo_containers::Containers::new(h.dir.path().join("hosts"));
+    let rootfs = rt
+        .block_on(kumo_containers::ensure_rootfs(
+            &cache,
+            &kumo_containers::RootfsSpec::bookworm(),
+        ))
+        .unwrap();
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let spec = kumo_containers::ContainerSpec {
+        name: "kotest-host".into(),
+        hostname: "manual-host".into(),
+        rootfs,
+        bridge: BRIDGE.into(),
+        address: "10.252.0.160/24".into(),
+        gateway: Some(HOST_IP.into()),
+        dns: vec![],
+        files: vec![kumo_containers::apt_proxy_file(&format!(
+            "http://{HOST_IP}:{PROXY_PORT}/"
+        ))],
+        enable_units: vec![],
+        authorized_keys: vec![public.trim().to_string()],
+    };
+    rt.block_on(hosts.create(&spec)).unwrap();
+    rt.block_on(hosts.start("kotest-host")).unwrap();
+    h.ok(&["add-model", "hosts", "--provider", "manual"]);
+    h.ok(&["add-machine", "-m", "hosts", "ssh:root@10.252.0.160"]);
+    h.wait_status_of("hosts", "the manual machine's agent", 120, |s| {
+        s["machines"]["0"]["agent"] == "started"
+    });
+    h.ok(&["deploy", "-m", "hosts", "./charms/webapp", "--to", "0"]);
+    h.wait_status_of("hosts", "webapp on the manual machine", 300, |s| {
+        workload(s, "webapp/0") == "blocked" && idle(s, "webapp/0")
+    });
+    h.ok(&["destroy-model", "hosts", "--yes"]);
+    let out = rt
+        .block_on(hosts.exec("kotest-host", &["systemctl", "is-active", "kumo-agent"]))
+        .unwrap();
+    assert_ne!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "active",
+        "the agent left the host"
+    );
+    rt.block_on(hosts.destroy("kotest-host")).unwrap();
+
     eprintln!("whole suite: {:.1} s", started.elapsed().as_secs_f64());
     let _ = Stdio::null();
 }
