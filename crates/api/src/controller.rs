@@ -265,6 +265,21 @@ async fn set_config(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[derive(Deserialize)]
+struct Refresh {
+    charm: String,
+}
+
+async fn refresh(
+    State(s): State<Ctl>,
+    _u: User,
+    Path((m, app)): Path<(String, String)>,
+    ApiJson(b): ApiJson<Refresh>,
+) -> R<impl IntoResponse> {
+    s.controller.refresh(&m, &app, &b.charm).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 async fn expose(
     State(s): State<Ctl>,
     _u: User,

@@ -668,6 +668,16 @@ impl Controller {
             .await
     }
 
+    pub async fn refresh(&self, model: &str, app: &str, sha256: &str) -> Result<()> {
+        self.with_model(model, |m, charms, _| {
+            let charm = charms
+                .get(sha256)
+                .ok_or_else(|| not_found("charm", sha256))?;
+            m.refresh(app, charm, sha256)
+        })
+        .await
+    }
+
     pub async fn expose(&self, model: &str, app: &str, exposed: bool) -> Result<()> {
         self.with_model(model, |m, _, _| m.expose(app, exposed))
             .await

@@ -557,6 +557,72 @@ impl Model {
         out
     }
 
+    /// `kumo refresh`: a new charm for an application. Its set options and
+    /// related endpoints must still exist in the new charm; units then run
+    /// upgrade-charm and config-changed.
+    pub fn refresh(&mut self, app: &str, charm: &Charm, sha256: &str) -> Result<()> {
+        let a = self.app(app)?;
+        if a.charm.sha256 == sha256 {
+            return Err(ControllerError::Conflict(format!(
+                "application {app} already runs this charm"
+            )));
+        }
+        if a.charm.name != charm.metadata.name {
+            return Err(invalid(
+                "charm",
+                format!(
+                    "application {app} runs charm {}, not {}",
+                    a.charm.name, charm.metadata.name
+                ),
+            ));
+        }
+        if a.subordinate != charm.metadata.subordinate {
+            return Err(invalid(
+                "charm",
+                "a charm cannot change between subordinate and principal",
+            ));
+        }
+        let mut problems = Vec::new();
+        for k in a.config.keys() {
+            if !charm.config.options.contains_key(k) {
+                problems.push(format!(
+                    "option {k} is set but the new charm has no such option"
+                ));
+            }
+        }
+        for r in self.doc.relations.values() {
+            for e in r.ends.iter().filter(|e| e.application == app) {
+                let same = charm
+                    .metadata
+                    .endpoint_named(&e.endpoint)
+                    .is_some_and(|ep| ep.interface == r.interface);
+                if !same {
+                    problems.push(format!(
+                        "relation {} needs endpoint {} ({})",
+                        r.key(),
+                        e.endpoint,
+                        r.interface
+                    ));
+                }
+            }
+        }
+        if !problems.is_empty() {
+            return Err(invalid(
+                "charm",
+                format!("cannot refresh {app}: {}", problems.join("; ")),
+            ));
+        }
+        let a = self.doc.applications.get_mut(app).expect("checked");
+        a.charm.sha256 = sha256.to_string();
+        self.dirty.model = true;
+        self.log(
+            app,
+            Level::Info,
+            format!("application {app} refreshed to charm {sha256:.12}"),
+        );
+        Ok(())
+    }
+
     pub fn expose(&mut self, app: &str, exposed: bool) -> Result<()> {
         let a = self
             .doc

@@ -142,6 +142,17 @@ pub enum ModelCommand {
         #[command(flatten)]
         m: ModelOpt,
     },
+    /// Give an application a new version of its charm (Juju's
+    /// upgrade-charm): its units run upgrade-charm, then config-changed.
+    #[command(alias = "upgrade-charm")]
+    Refresh {
+        application: String,
+        /// The charm directory.
+        #[arg(long)]
+        path: PathBuf,
+        #[command(flatten)]
+        m: ModelOpt,
+    },
     /// Open an application's ports to the outside.
     Expose {
         application: String,
@@ -508,6 +519,28 @@ pub async fn run(c: &Client, format: Format, profile: &str, cmd: ModelCommand) -
             reset,
             m,
         } => config(c, format, &model(&m), &application, settings, reset).await,
+        ModelCommand::Refresh {
+            application,
+            path,
+            m,
+        } => {
+            let up = upload_charm(c, &path).await?;
+            let _: Value = c
+                .put(
+                    &format!(
+                        "{}/applications/{}/charm",
+                        mp(&model(&m)),
+                        enc(&application)
+                    ),
+                    &serde_json::json!({ "charm": up.sha256 }),
+                )
+                .await?;
+            println!(
+                "{application} now runs charm {} ({:.12})",
+                up.name, up.sha256
+            );
+            Ok(())
+        }
         ModelCommand::Expose { application, m } => {
             let _: Value = c
                 .post(

@@ -495,6 +495,20 @@ fn a_bundle_of_mariadb_and_a_web_app_on_container_machines() {
     assert_eq!(unit(&s, "webapp/0")["message"], "needs a database relation");
     let (code, _) = http_get(&format!("http://{web}:8081/"));
     assert_ne!(code, 200);
+    // A new version of a charm: units run upgrade-charm, then config-changed.
+    let v2 = h.dir.path().join("webapp-v2");
+    let out = sh(&format!(
+        "cp -a {} {} && echo '# v2' >> {}/hooks/update-status",
+        repo().join("charms/webapp").display(),
+        v2.display(),
+        v2.display()
+    ));
+    assert!(out.status.success());
+    h.ok(&["refresh", "webapp", "--path", v2.to_str().unwrap()]);
+    h.wait_status("webapp refreshed", 120, |_| {
+        count_log(&h, "webapp/1", "ran upgrade-charm hook") == 1
+    });
+
     // An existing host over SSH: the manual provider installs the same
     // agent there, and removes it with the model.
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -307,3 +307,31 @@ fn peers_see_each_other() {
     );
     assert_eq!(view.relations[0].remote_application, "cluster");
 }
+
+#[test]
+fn refresh_keeps_what_the_model_uses() {
+    let c = charms();
+    let mut m = model();
+    m.relate(&c, "web", "mariadb").unwrap();
+    let same_name = Charm::new(
+        Metadata::parse(
+            "metadata.yaml",
+            "name: webapp\nsummary: w\nrequires:\n  database:\n    interface: mysql\n",
+        )
+        .unwrap(),
+        ConfigSchema::default(),
+    );
+    let e = m.refresh("web", &same_name, "sha-web2").unwrap_err();
+    assert!(e.to_string().contains("needs endpoint db"), "{e}");
+    let other = Charm::new(
+        Metadata::parse("metadata.yaml", "name: other\nsummary: o\n").unwrap(),
+        ConfigSchema::default(),
+    );
+    assert!(m
+        .refresh("web", &other, "sha-x")
+        .unwrap_err()
+        .to_string()
+        .contains("runs charm webapp"));
+    m.refresh("web", &c["sha-web"].clone(), "sha-web2").unwrap();
+    assert_eq!(m.doc.applications["web"].charm.sha256, "sha-web2");
+}
