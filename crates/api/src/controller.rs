@@ -114,6 +114,10 @@ pub fn routes(ctl: Ctl) -> Router {
             post(expose).delete(unexpose),
         )
         .route(
+            "/api/v1/models/{m}/applications/{app}/charm",
+            axum::routing::put(refresh),
+        )
+        .route(
             "/api/v1/models/{m}/units/{app}/{n}",
             get(show_unit).delete(remove_unit),
         )
