@@ -230,3 +230,17 @@ fn hook_environment_names_the_relation_and_remote_unit() {
     assert_eq!(env["JUJU_REMOTE_UNIT"], "mariadb/0");
     assert_eq!(env["JUJU_HOOK_NAME"], "db-relation-joined");
 }
+
+proptest::proptest! {
+    /// Whatever a hook passes to whatever tool, the agent answers (an error
+    /// at worst) and never panics.
+    #[test]
+    fn any_tool_call_is_answered(
+        tool in proptest::sample::select(TOOLS.to_vec()),
+        args in proptest::collection::vec("(-{0,2}[a-z=:/0-9 ]{0,8}|db:3|-r|--app|--format=json|-)", 0..6),
+    ) {
+        let mut c = ctx(joined());
+        let out = call(&mut c, tool, &args.iter().map(String::as_str).collect::<Vec<_>>());
+        proptest::prop_assert!(out.code == 0 || !out.stderr.is_empty(), "{tool} {args:?}: {out:?}");
+    }
+}
