@@ -69,19 +69,35 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, ClientError> {
+        let (url, resp) = self
+            .send(method, path, |req| match body {
+                Some(b) => req.json(b),
+                None => req,
+            })
+            .await?;
+        decode(url, resp).await
+    }
+
+    /// One authenticated request to `path`, shaped by `build`.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Result<(String, reqwest::Response), ClientError> {
         let url = format!("{}{}", self.base, path);
         let mut req = self.http.request(method, &url);
         if let Some(k) = &self.key {
             req = req.bearer_auth(k);
         }
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let resp = req.send().await.map_err(|source| ClientError::Transport {
-            url: url.clone(),
-            source,
-        })?;
-        decode(url, resp).await
+        let resp = build(req)
+            .send()
+            .await
+            .map_err(|source| ClientError::Transport {
+                url: url.clone(),
+                source,
+            })?;
+        Ok((url, resp))
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
@@ -118,33 +134,18 @@ impl Client {
         path: &str,
         bytes: Vec<u8>,
     ) -> Result<T, ClientError> {
-        let url = format!("{}{}", self.base, path);
-        let mut req = self
-            .http
-            .post(&url)
-            .header(reqwest::header::CONTENT_TYPE, "application/x-tar")
-            .body(bytes);
-        if let Some(k) = &self.key {
-            req = req.bearer_auth(k);
-        }
-        let resp = req.send().await.map_err(|source| ClientError::Transport {
-            url: url.clone(),
-            source,
-        })?;
+        let (url, resp) = self
+            .send(Method::POST, path, |req| {
+                req.header(reqwest::header::CONTENT_TYPE, "application/x-tar")
+                    .body(bytes)
+            })
+            .await?;
         decode(url, resp).await
     }
 
     /// A text answer (an exported bundle).
     pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {
-        let url = format!("{}{}", self.base, path);
-        let mut req = self.http.get(&url);
-        if let Some(k) = &self.key {
-            req = req.bearer_auth(k);
-        }
-        let resp = req.send().await.map_err(|source| ClientError::Transport {
-            url: url.clone(),
-            source,
-        })?;
+        let (url, resp) = self.send(Method::GET, path, |req| req).await?;
         let status = resp.status();
         let text = resp.text().await.map_err(|source| ClientError::Transport {
             url: url.clone(),

@@ -125,53 +125,7 @@ impl Controller {
                 }
             }
         }
-        let mut models: BTreeMap<String, Model> = BTreeMap::new();
-        let mut bootstrap = None;
-        let docs = store.model_docs().await?;
-        let corrupt = |d: &kumo_store::ModelDoc, e: serde_json::Error| {
-            ControllerError::Conflict(format!(
-                "stored {} {} of model {}: {e}",
-                d.kind, d.key, d.model
-            ))
-        };
-        for d in docs.iter().filter(|d| d.kind == "model") {
-            if d.model == BOOTSTRAP_MODEL {
-                bootstrap = Some(serde_json::from_str(&d.body).map_err(|e| corrupt(d, e))?);
-                continue;
-            }
-            let doc: ModelDoc = serde_json::from_str(&d.body).map_err(|e| corrupt(d, e))?;
-            let mut m = Model::new(doc);
-            m.dirty = Default::default();
-            models.insert(d.model.clone(), m);
-        }
-        for d in docs.iter().filter(|d| d.kind != "model") {
-            let Some(m) = models.get_mut(&d.model) else {
-                continue;
-            };
-            match d.kind.as_str() {
-                "machine" => {
-                    let mut x: MachineDoc =
-                        serde_json::from_str(&d.body).map_err(|e| corrupt(d, e))?;
-                    // A controller stopped mid-provisioning: the provider
-                    // is idempotent, so make the machine again.
-                    if x.state == MachineState::Provisioning && x.agent_seen.is_none() {
-                        x.state = MachineState::Pending;
-                    }
-                    m.machines.insert(d.key.clone(), x);
-                }
-                "unit" => {
-                    m.units.insert(
-                        d.key.clone(),
-                        serde_json::from_str(&d.body).map_err(|e| corrupt(d, e))?,
-                    );
-                }
-                "action" => {
-                    let a: ActionDoc = serde_json::from_str(&d.body).map_err(|e| corrupt(d, e))?;
-                    m.actions.insert(a.id, a);
-                }
-                _ => {}
-            }
-        }
+        let (bootstrap, models) = models_from_docs(&store.model_docs().await?)?;
         let (changed, _) = watch::channel(0);
         Ok(Controller {
             inner: Arc::new(Inner {
@@ -216,32 +170,20 @@ impl Controller {
                 Some(serde_json::to_string(&m.doc).expect("doc")),
             ));
         }
+        fn doc<T: serde::Serialize>(x: Option<&T>) -> Option<String> {
+            x.map(|x| serde_json::to_string(x).expect("a document serialises"))
+        }
         for id in &dirty.machines {
-            w.docs.push((
-                "machine".into(),
-                id.clone(),
-                m.machines
-                    .get(id)
-                    .map(|x| serde_json::to_string(x).expect("doc")),
-            ));
+            w.docs
+                .push(("machine".into(), id.clone(), doc(m.machines.get(id))));
         }
         for id in &dirty.units {
-            w.docs.push((
-                "unit".into(),
-                id.clone(),
-                m.units
-                    .get(id)
-                    .map(|x| serde_json::to_string(x).expect("doc")),
-            ));
+            w.docs
+                .push(("unit".into(), id.clone(), doc(m.units.get(id))));
         }
         for id in &dirty.actions {
-            w.docs.push((
-                "action".into(),
-                id.to_string(),
-                m.actions
-                    .get(id)
-                    .map(|x| serde_json::to_string(x).expect("doc")),
-            ));
+            w.docs
+                .push(("action".into(), id.to_string(), doc(m.actions.get(id))));
         }
         let now = self.now();
         for (entity, level, message) in &dirty.logs {
@@ -263,38 +205,18 @@ impl Controller {
     }
 
     async fn reload_model(&self, name: &str) -> Result<Model> {
-        let docs = self.inner.store.model_docs().await?;
-        let mut model: Option<Model> = None;
-        for d in docs.iter().filter(|d| d.model == name) {
-            let parse = |e| ControllerError::Conflict(format!("stored {} {}: {e}", d.kind, d.key));
-            match d.kind.as_str() {
-                "model" => {
-                    let mut m = Model::new(serde_json::from_str(&d.body).map_err(parse)?);
-                    m.dirty = Default::default();
-                    model = Some(m);
-                }
-                "machine" => {
-                    if let Some(m) = model.as_mut() {
-                        m.machines
-                            .insert(d.key.clone(), serde_json::from_str(&d.body).map_err(parse)?);
-                    }
-                }
-                "unit" => {
-                    if let Some(m) = model.as_mut() {
-                        m.units
-                            .insert(d.key.clone(), serde_json::from_str(&d.body).map_err(parse)?);
-                    }
-                }
-                "action" => {
-                    if let Some(m) = model.as_mut() {
-                        let a: ActionDoc = serde_json::from_str(&d.body).map_err(parse)?;
-                        m.actions.insert(a.id, a);
-                    }
-                }
-                _ => {}
-            }
-        }
-        model.ok_or_else(|| not_found("model", name))
+        let docs: Vec<_> = self
+            .inner
+            .store
+            .model_docs()
+            .await?
+            .into_iter()
+            .filter(|d| d.model == name)
+            .collect();
+        models_from_docs(&docs)?
+            .1
+            .remove(name)
+            .ok_or_else(|| not_found("model", name))
     }
 
     /// Runs `f` on a model and commits what it changed.
@@ -1288,6 +1210,58 @@ impl Controller {
         }
         Ok(())
     }
+}
+
+/// The bootstrap configuration and every model, from stored documents.
+fn models_from_docs(
+    docs: &[kumo_store::ModelDoc],
+) -> Result<(Option<api::Bootstrap>, BTreeMap<String, Model>)> {
+    let corrupt = |d: &kumo_store::ModelDoc, e: serde_json::Error| {
+        ControllerError::Conflict(format!(
+            "stored {} {} of model {}: {e}",
+            d.kind, d.key, d.model
+        ))
+    };
+    let mut models: BTreeMap<String, Model> = BTreeMap::new();
+    let mut bootstrap = None;
+    for d in docs.iter().filter(|d| d.kind == "model") {
+        if d.model == BOOTSTRAP_MODEL {
+            bootstrap = Some(serde_json::from_str(&d.body).map_err(|e| corrupt(d, e))?);
+            continue;
+        }
+        let doc: ModelDoc = serde_json::from_str(&d.body).map_err(|e| corrupt(d, e))?;
+        let mut m = Model::new(doc);
+        m.dirty = Default::default();
+        models.insert(d.model.clone(), m);
+    }
+    for d in docs.iter().filter(|d| d.kind != "model") {
+        let Some(m) = models.get_mut(&d.model) else {
+            continue;
+        };
+        match d.kind.as_str() {
+            "machine" => {
+                let mut x: MachineDoc = serde_json::from_str(&d.body).map_err(|e| corrupt(d, e))?;
+                // A controller stopped mid-provisioning: the provider is
+                // idempotent, so make the machine again.
+                if x.state == MachineState::Provisioning && x.agent_seen.is_none() {
+                    x.state = MachineState::Pending;
+                }
+                m.machines.insert(d.key.clone(), x);
+            }
+            "unit" => {
+                m.units.insert(
+                    d.key.clone(),
+                    serde_json::from_str(&d.body).map_err(|e| corrupt(d, e))?,
+                );
+            }
+            "action" => {
+                let a: ActionDoc = serde_json::from_str(&d.body).map_err(|e| corrupt(d, e))?;
+                m.actions.insert(a.id, a);
+            }
+            _ => {}
+        }
+    }
+    Ok((bootstrap, models))
 }
 
 fn model_json(v: &kumo_charm::Value) -> serde_json::Value {

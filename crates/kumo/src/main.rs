@@ -145,7 +145,9 @@ async fn build_disk_image(
     Ok(())
 }
 
-async fn agent_machine(a: cli::AgentMachineArgs) -> Result<()> {
+/// Plain text on stderr: agents' output goes to a serial console or the
+/// journal, often captured to a file.
+fn init_agent_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KUMO_LOG")
@@ -154,21 +156,17 @@ async fn agent_machine(a: cli::AgentMachineArgs) -> Result<()> {
         .with_ansi(false)
         .with_writer(std::io::stderr)
         .init();
+}
+
+async fn agent_machine(a: cli::AgentMachineArgs) -> Result<()> {
+    init_agent_logging();
     let config = kumo_agent::machine::AgentConfig::load(&a.config)?;
     kumo_agent::machine::run(config, a.data_dir).await?;
     Ok(())
 }
 
 async fn agent_ephemeral(a: cli::AgentEphemeralArgs) -> Result<()> {
-    // Plain text: the console is a serial line, often captured to a file.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KUMO_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_ansi(false)
-        .with_writer(std::io::stderr)
-        .init();
+    init_agent_logging();
     let path = a.cmdline.unwrap_or_else(|| a.root.join("proc/cmdline"));
     let cmdline =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
