@@ -1,0 +1,191 @@
+//! The controller over a real store (SQLite and PostgreSQL): what it
+//! commits survives a restart, and an agent's commit is applied once even
+//! when the agent resends it after the controller restarted.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use kumo_controller::docs::ProviderKind;
+use kumo_controller::{Controller, ControllerConfig, Provider, ProvisionRequest};
+use kumo_model::orchestra::{Bootstrap, Deploy, Relate};
+use kumo_region::{ManualClock, SecretBox, SeededEntropy};
+use kumo_store::Store;
+use kumo_uniter::{complete, next, HookCommit, HookResult, Operation};
+
+/// Records what it was asked to make; the machines are not real here (the
+/// containers provider is exercised by the orchestration e2e suite).
+#[derive(Default)]
+struct Recorder(Mutex<Vec<ProvisionRequest>>);
+
+#[async_trait]
+impl Provider for Recorder {
+    async fn provision(&self, req: &ProvisionRequest) -> Result<String, String> {
+        self.0.lock().unwrap().push(req.clone());
+        Ok(req.address.clone().unwrap_or_default())
+    }
+    async fn destroy(&self, _: ProviderKind, _: &str) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+fn charm_tar(metadata: &str) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(metadata.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append_data(&mut h, "metadata.yaml", metadata.as_bytes())
+        .unwrap();
+    b.into_inner().unwrap()
+}
+
+async fn open(store: Store, dir: &std::path::Path, provider: Arc<Recorder>) -> Controller {
+    Controller::open(
+        store,
+        ControllerConfig::new(dir.to_path_buf()),
+        Arc::new(ManualClock::new(1_000)),
+        Arc::new(SeededEntropy::new(7)),
+        provider,
+        SecretBox::from_key([9; 32]),
+    )
+    .await
+    .unwrap()
+}
+
+async fn restart_keeps_the_model(url: String) {
+    let dir = tempfile::tempdir().unwrap();
+    let provider = Arc::new(Recorder::default());
+    let c = open(
+        Store::open(&url).await.unwrap(),
+        dir.path(),
+        provider.clone(),
+    )
+    .await;
+    c.bootstrap(Bootstrap {
+        agent_url: "http://10.0.0.1:5240".into(),
+        bridge: "br0".into(),
+        address_range: "10.0.0.100-10.0.0.110".into(),
+        prefix: 24,
+        gateway: None,
+        dns: vec![],
+        apt_proxy: None,
+        authorized_keys: vec![],
+        controller_id: String::new(),
+    })
+    .await
+    .unwrap();
+    let db = c
+        .upload_charm(&charm_tar(
+            "name: db\nsummary: d\nprovides:\n  db:\n    interface: mysql\n",
+        ))
+        .unwrap();
+    let web = c
+        .upload_charm(&charm_tar(
+            "name: web\nsummary: w\nrequires:\n  db:\n    interface: mysql\n",
+        ))
+        .unwrap();
+    let deploy = |charm: &str| Deploy {
+        charm: charm.into(),
+        application: None,
+        config: BTreeMap::new(),
+        num_units: 1,
+        to: vec![],
+        constraints: None,
+    };
+    c.deploy("default", &deploy(&db.sha256)).await.unwrap();
+    c.deploy("default", &deploy(&web.sha256)).await.unwrap();
+    c.relate(
+        "default",
+        &Relate {
+            a: "web".into(),
+            b: "db".into(),
+        },
+    )
+    .await
+    .unwrap();
+    c.provision_pending().await.unwrap();
+    let reqs = provider.0.lock().unwrap().clone();
+    assert_eq!(reqs.len(), 2);
+    let web_machine = reqs
+        .iter()
+        .find(|r| r.agent.machine == "1")
+        .unwrap()
+        .agent
+        .clone();
+
+    // The agent of machine 1 runs web/0's first hook and commits it.
+    let view = c
+        .agent_view("default", "1", &web_machine.token, None)
+        .await
+        .unwrap();
+    let unit = &view.units[0];
+    let Operation::Run(hook) = next(&unit.view, &unit.state) else {
+        panic!()
+    };
+    let commit = HookCommit {
+        unit: unit.view.unit.clone(),
+        base_version: unit.state_version,
+        hook: hook.clone(),
+        result: HookResult::Succeeded,
+        state: complete(&unit.state, &hook, 0),
+        unit_settings: BTreeMap::new(),
+        app_settings: BTreeMap::new(),
+        leader_settings: BTreeMap::new(),
+        workload_status: None,
+        ports: None,
+        logs: vec![],
+        output: String::new(),
+        action: None,
+    };
+    let ack = c
+        .agent_commit("default", "1", &web_machine.token, &commit)
+        .await
+        .unwrap();
+    assert_eq!(ack.state_version, 1);
+    assert!(c
+        .agent_commit("default", "1", "wrong", &commit)
+        .await
+        .is_err());
+    let before = c.status("default").await.unwrap();
+    drop(c);
+
+    // A new controller on the same store: the same model; the resent
+    // commit is acknowledged, not applied again.
+    let c = open(
+        Store::open(&url).await.unwrap(),
+        dir.path(),
+        provider.clone(),
+    )
+    .await;
+    assert_eq!(
+        c.status("default").await.unwrap().relations,
+        before.relations
+    );
+    let again = c
+        .agent_commit("default", "1", &web_machine.token, &commit)
+        .await
+        .unwrap();
+    assert_eq!(again.state_version, 1);
+    let view = c
+        .agent_view("default", "1", &web_machine.token, None)
+        .await
+        .unwrap();
+    assert_eq!(view.units[0].state_version, 1);
+    assert!(view.units[0].state.installed);
+    // The charms come back from the data directory.
+    assert!(c.charm_archive(&web.sha256).is_ok());
+}
+
+#[tokio::test]
+async fn sqlite_restart_keeps_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("kumo.db").display());
+    restart_keeps_the_model(url).await;
+}
+
+#[tokio::test]
+async fn postgres_restart_keeps_the_model() {
+    let (_store, url) = kumo_store::testing::postgres().await;
+    restart_keeps_the_model(url).await;
+}
