@@ -1,6 +1,7 @@
 //! kumo-bench: benchmarks that drive real kumo processes over their real
 //! interfaces, so the figures are what an operator would see.
 
+mod agents;
 mod dhcp;
 mod dns;
 mod lab;
@@ -27,6 +28,9 @@ enum Command {
     /// List/show/allocate latency and region RSS by machine count, on
     /// SQLite and PostgreSQL, against a real `kumo region serve`.
     Region(region::Args),
+    /// Controller RSS per agent connection and `status` latency with 1,000
+    /// and 10,000 simulated agents (the real protocol, no hooks).
+    Agents(agents::Args),
     /// perfdhcp against kumo's DHCP server, Kea and dnsmasq (root: network namespaces).
     Dhcp(dhcp::Args),
     /// dnsperf against kumo's DNS server, BIND and dnsmasq (root: network namespaces).
@@ -42,6 +46,9 @@ enum Command {
     /// kumo's TFTP shell as its own process (used by `tftp`).
     #[command(hide = true)]
     ServeTftp(serve::TftpArgs),
+    /// A controller with N simulated machines as its own process (used by `agents`).
+    #[command(hide = true)]
+    ServeController(agents::ServeArgs),
 }
 
 #[tokio::main]
@@ -50,7 +57,9 @@ async fn main() -> anyhow::Result<()> {
         Command::ServeDhcp(a) => return serve::dhcp(a).await,
         Command::ServeDns(a) => return serve::dns(a).await,
         Command::ServeTftp(a) => return serve::tftp(a).await,
+        Command::ServeController(a) => return agents::serve(a).await,
         Command::Region(a) => Box::pin(region::run(a)) as Pin<Box<dyn Future<Output = _>>>,
+        Command::Agents(a) => Box::pin(agents::run(a)),
         Command::Dhcp(a) => Box::pin(dhcp::run(a)),
         Command::Dns(a) => Box::pin(dns::run(a)),
         Command::Tftp(a) => Box::pin(tftp::run(a)),

@@ -54,7 +54,7 @@ pub struct TftpArgs {
     root: PathBuf,
 }
 
-fn init_logging() {
+pub(crate) fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KUMO_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
@@ -63,7 +63,7 @@ fn init_logging() {
         .init();
 }
 
-async fn terminated() {
+pub(crate) async fn terminated() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("installing a SIGTERM handler");
     tokio::select! {

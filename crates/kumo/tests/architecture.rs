@@ -90,6 +90,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "kumo-region",
             "kumo-api",
             "kumo-client",
+            "kumo-controller",
+            "kumo-uniter",
             "kumo-dhcp",
             "kumo-dns",
             "kumo-tftp",
