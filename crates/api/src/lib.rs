@@ -776,9 +776,15 @@ pub async fn serve_with(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router_with(region, controller))
-        .with_graceful_shutdown(shutdown)
-        .await
+    // One router shared by every connection: `axum::serve` given a Router
+    // clones it per connection (~70 KiB each with kumo's routes), which
+    // dominated the controller's memory per agent connection.
+    axum::serve(
+        listener,
+        router_with(region, controller).into_make_service(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 // ---- network model ----------------------------------------------------------

@@ -159,6 +159,7 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
         Arc::new(kumo_region::SystemClock),
         Arc::new(kumo_region::OsEntropy),
         provider.clone(),
+        kumo_region::SecretBox::from_key([7; 32]),
     )
     .await
     .context("opening the controller")?;
@@ -172,6 +173,7 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
             dns: vec![],
             apt_proxy: None,
             authorized_keys: vec![],
+            controller_id: String::new(),
         })
         .await?;
     controller.add_model(MODEL, Some("manual")).await?;

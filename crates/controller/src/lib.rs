@@ -1118,7 +1118,7 @@ impl Controller {
             };
             let address = match kind {
                 ProviderKind::Containers => {
-                    let used: Vec<String> = {
+                    let used: std::collections::HashSet<String> = {
                         let models = self.inner.models.lock().await;
                         models
                             .values()

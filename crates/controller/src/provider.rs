@@ -74,7 +74,10 @@ pub fn parse_range(range: &str) -> Result<(Ipv4Addr, Ipv4Addr), String> {
 }
 
 /// The lowest address of the range no machine has.
-pub fn pick_address(range: &str, used: &[String]) -> Result<String, String> {
+pub fn pick_address(
+    range: &str,
+    used: &std::collections::HashSet<String>,
+) -> Result<String, String> {
     let (a, b) = parse_range(range)?;
     (u32::from(a)..=u32::from(b))
         .map(|n| Ipv4Addr::from(n).to_string())
@@ -338,7 +341,9 @@ mod tests {
 
     #[test]
     fn addresses_are_picked_lowest_free_first() {
-        let used = vec!["10.0.0.10".to_string(), "10.0.0.11".to_string()];
+        let used = ["10.0.0.10".to_string(), "10.0.0.11".to_string()]
+            .into_iter()
+            .collect();
         assert_eq!(
             pick_address("10.0.0.10-10.0.0.12", &used).unwrap(),
             "10.0.0.12"
