@@ -569,21 +569,6 @@ pub fn raise_nofile() -> Result<u64> {
     Ok(lim.rlim_cur)
 }
 
-/// VmRSS and VmHWM (peak) of a process, in KiB.
-fn memory(pid: u32) -> Result<(u64, u64)> {
-    let path = format!("/proc/{pid}/status");
-    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<u64>().ok())
-            .ok_or_else(|| anyhow!("no {name} in {path}"))
-    };
-    Ok((field("VmRSS:")?, field("VmHWM:")?))
-}
-
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
@@ -908,7 +893,7 @@ async fn measure(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (rss_before, _) = memory(server.pid)?;
+    let (rss_before, _) = crate::stats::process_memory(server.pid)?;
     println!(
         "{n} agents: controller ready (setup {:.1} s, RSS {:.1} MiB); connecting",
         tokens.setup,
@@ -982,11 +967,11 @@ async fn measure(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (rss_parked, hwm) = memory(server.pid)?;
+    let (rss_parked, hwm) = crate::stats::process_memory(server.pid)?;
     // SAFETY: kill(2) on our own child; it trims its heap on SIGUSR1.
     unsafe { libc::kill(server.pid as libc::pid_t, libc::SIGUSR1) };
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (rss_trimmed, _) = memory(server.pid)?;
+    let (rss_trimmed, _) = crate::stats::process_memory(server.pid)?;
 
     let url = format!("{base}/api/v1/models/{MODEL}/status");
     let mut samples = Vec::new();
@@ -1012,7 +997,7 @@ async fn measure(
                 .count()
         })
         .unwrap_or(0);
-    let (client_rss, _) = memory(std::process::id())?;
+    let (client_rss, _) = crate::stats::process_memory(std::process::id())?;
     agents.shutdown().await;
     let last_error = p.last_error.lock().expect("error lock").clone();
     Ok(Row {

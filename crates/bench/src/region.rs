@@ -487,17 +487,7 @@ impl RegionProcess {
 
     /// VmRSS and VmHWM (peak RSS) in KiB, from /proc.
     fn memory(&self) -> Result<(u64, u64)> {
-        let path = format!("/proc/{}/status", self.pid);
-        let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse::<u64>().ok())
-                .ok_or_else(|| anyhow!("no {name} in {path}"))
-        };
-        Ok((field("VmRSS:")?, field("VmHWM:")?))
+        crate::stats::process_memory(self.pid)
     }
 
     /// SIGTERM, as an operator's service manager would, then wait for the

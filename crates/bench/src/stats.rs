@@ -62,6 +62,22 @@ impl Budget {
     }
 }
 
+/// VmRSS and VmHWM (peak RSS) of a process, in KiB, from /proc.
+pub fn process_memory(pid: u32) -> anyhow::Result<(u64, u64)> {
+    use anyhow::Context;
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| anyhow::anyhow!("no {name} in {path}"))
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
