@@ -900,6 +900,19 @@ impl Controller {
                 Self::check_token(m, machine, token)?;
                 let now = self.now();
                 m.seen.insert(machine.to_string(), now);
+                // A poll without a tag is an agent (re)starting: whatever
+                // hook it said it was running died with its old process.
+                if since.is_none() {
+                    let units: Vec<String> = m
+                        .units
+                        .values()
+                        .filter(|u| u.machine == machine)
+                        .map(|u| u.name.clone())
+                        .collect();
+                    for u in units {
+                        m.running.remove(&u);
+                    }
+                }
                 let first = m
                     .machines
                     .get(machine)

@@ -138,6 +138,13 @@ async fn restart_keeps_the_model(url: String) {
         output: String::new(),
         action: None,
     };
+    c.agent_running("default", "1", &web_machine.token, "web/0", "install")
+        .await
+        .unwrap();
+    let executing = c.status("default").await.unwrap().units["web/0"]
+        .agent
+        .clone();
+    assert_eq!(executing, "executing");
     let ack = c
         .agent_commit("default", "1", &web_machine.token, &commit)
         .await
@@ -167,10 +174,18 @@ async fn restart_keeps_the_model(url: String) {
         .await
         .unwrap();
     assert_eq!(again.state_version, 1);
+    // An agent that died mid-hook and starts again is not "executing".
+    c.agent_running("default", "1", &web_machine.token, "web/0", "start")
+        .await
+        .unwrap();
     let view = c
         .agent_view("default", "1", &web_machine.token, None)
         .await
         .unwrap();
+    let agent = c.status("default").await.unwrap().units["web/0"]
+        .agent
+        .clone();
+    assert_eq!(agent, "idle");
     assert_eq!(view.units[0].state_version, 1);
     assert!(view.units[0].state.installed);
     // The charms come back from the data directory.
