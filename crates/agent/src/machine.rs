@@ -296,12 +296,9 @@ async fn ensure_charm(shared: &Shared, sha: &str) -> Result<PathBuf, String> {
         .bytes()
         .await
         .map_err(|e| format!("downloading charm {sha}: {e}"))?;
-    let got: String = {
+    let got = {
         use sha2::Digest;
-        sha2::Sha256::digest(&bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        crate::disk::hex(&sha2::Sha256::digest(&bytes))
     };
     if got != sha {
         return Err(format!("charm {sha}: downloaded archive has SHA-256 {got}"));

@@ -794,7 +794,7 @@ impl Controller {
                 let sha = &shas[charm];
                 let config = config
                     .iter()
-                    .map(|(k, v)| (k.clone(), model_json(v)))
+                    .map(|(k, v)| (k.clone(), model::to_json(v)))
                     .collect();
                 m.deploy(application, c, sha, config, constraints.clone())?;
                 if *expose {
@@ -811,7 +811,7 @@ impl Controller {
                     .get_mut(application)
                     .ok_or_else(|| not_found("application", application))?;
                 a.config
-                    .extend(config.iter().map(|(k, v)| (k.clone(), model_json(v))));
+                    .extend(config.iter().map(|(k, v)| (k.clone(), model::to_json(v))));
                 m.dirty.model = true;
             }
             Step::SetConstraints {
@@ -1275,15 +1275,6 @@ fn models_from_docs(
         }
     }
     Ok((bootstrap, models))
-}
-
-fn model_json(v: &kumo_charm::Value) -> serde_json::Value {
-    match v {
-        kumo_charm::Value::String(s) => serde_json::Value::String(s.clone()),
-        kumo_charm::Value::Int(i) => serde_json::json!(i),
-        kumo_charm::Value::Float(f) => serde_json::json!(f),
-        kumo_charm::Value::Boolean(b) => serde_json::Value::Bool(*b),
-    }
 }
 
 fn info(m: &Model) -> api::ModelInfo {

@@ -59,7 +59,8 @@ pub struct Model {
     pub seen: BTreeMap<String, i64>,
 }
 
-fn to_json(v: &Value) -> serde_json::Value {
+/// A typed charm config value as hooks and the API see it.
+pub(crate) fn to_json(v: &Value) -> serde_json::Value {
     match v {
         Value::String(s) => serde_json::Value::String(s.clone()),
         Value::Int(i) => serde_json::json!(i),
