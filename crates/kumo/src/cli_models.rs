@@ -225,6 +225,9 @@ pub enum ModelCommand {
         #[command(flatten)]
         m: ModelOpt,
     },
+    /// Run the install guide's checks against a deployed cloud
+    /// (`kumo verify openstack`), each printed as pass, fail or skip.
+    Verify(crate::verify::VerifyArgs),
     /// Run a shell command on units (`kumo exec --unit web/0 -- hostname`).
     Exec {
         #[arg(long = "unit", short = 'u', value_delimiter = ',')]
@@ -654,6 +657,7 @@ pub async fn run(c: &Client, format: Format, profile: &str, cmd: ModelCommand) -
             let info: ActionInfo = c.get(&format!("{}/actions/{id}", mp(&model(&m)))).await?;
             yaml_unless_json(format, &info)
         }
+        ModelCommand::Verify(a) => crate::verify::run(c, &model(&a.m), &a).await,
         ModelCommand::Exec {
             units,
             applications,
@@ -838,8 +842,11 @@ pub fn pack_charm(dir: &Path) -> Result<Vec<u8>> {
             }
             let path = e.path();
             let rel = rel.join(&name);
-            let meta = std::fs::symlink_metadata(&path)
-                .with_context(|| format!("reading {}", path.display()))?;
+            // Symlinks are followed: charms share library files
+            // (`charms/_lib/`) by linking them, and each archive must stand
+            // alone on the machine it is unpacked on.
+            let meta = std::fs::metadata(&path)
+                .with_context(|| format!("reading {} (a dangling link?)", path.display()))?;
             let mut h = tar::Header::new_gnu();
             h.set_mtime(0);
             h.set_uid(0);
@@ -852,12 +859,6 @@ pub fn pack_charm(dir: &Path) -> Result<Vec<u8>> {
                 h.set_size(0);
                 b.append_data(&mut h, &rel, std::io::empty())?;
                 walk(b, root, &rel)?;
-            } else if ft.is_symlink() {
-                let target = std::fs::read_link(&path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                h.set_entry_type(tar::EntryType::Symlink);
-                h.set_size(0);
-                b.append_link(&mut h, &rel, &target)?;
             } else if ft.is_file() {
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_size(meta.len());
@@ -1504,7 +1505,7 @@ fn finished(status: &str) -> bool {
     !matches!(status, "pending" | "running")
 }
 
-async fn wait_action(
+pub(crate) async fn wait_action(
     c: &Client,
     model: &str,
     id: u64,
@@ -1639,6 +1640,33 @@ mod tests {
             v,
             ["0/lxd/9", "0/lxd/10", "2", "10", "db/0", "web/9", "web/10"]
         );
+    }
+
+    #[test]
+    fn packing_follows_links_to_shared_files() {
+        let d = tempfile::tempdir().unwrap();
+        let charm = d.path().join("c");
+        std::fs::create_dir_all(charm.join("hooks")).unwrap();
+        std::fs::write(charm.join("metadata.yaml"), "name: c\n").unwrap();
+        std::fs::write(d.path().join("lib.sh"), "shared\n").unwrap();
+        std::os::unix::fs::symlink("../../lib.sh", charm.join("hooks/lib.sh")).unwrap();
+        let packed = pack_charm(&charm).unwrap();
+        let mut ar = tar::Archive::new(packed.as_slice());
+        let lib = ar
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap())
+            .find(|e| e.path().unwrap().ends_with("hooks/lib.sh"))
+            .map(|mut e| {
+                assert_eq!(e.header().entry_type(), tar::EntryType::Regular);
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut e, &mut s).unwrap();
+                s
+            });
+        assert_eq!(lib.as_deref(), Some("shared\n"));
+        std::os::unix::fs::symlink("../nowhere", charm.join("hooks/gone")).unwrap();
+        let err = pack_charm(&charm).unwrap_err().to_string();
+        assert!(err.contains("hooks/gone"), "{err}");
     }
 
     #[test]
