@@ -14,183 +14,19 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Instant;
 
 use serde_json::Value;
-use support::{found, stdout_of_success};
+use support::controller::{
+    http_get, idle, repo, sh, skip_reason, unit, workload, ControllerLab, Net,
+};
 
 const BRIDGE: &str = "kotest0";
 const HOST_IP: &str = "10.252.0.1";
 const PROXY_PORT: u16 = 3143;
 
-struct Harness {
-    dir: tempfile::TempDir,
-    port: u16,
-    children: Vec<Child>,
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn sh(cmd: &str) -> Output {
-    Command::new("sh").args(["-c", cmd]).output().expect("sh")
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let log =
-                std::fs::read_to_string(self.dir.path().join("region.log")).unwrap_or_default();
-            eprintln!("--- last lines of region.log:");
-            for l in log.lines().rev().take(40).collect::<Vec<_>>().iter().rev() {
-                eprintln!("{l}");
-            }
-            let out = self.kumo(&["debug-log", "--no-tail", "--lines", "80"]);
-            eprintln!("--- debug-log:\n{}", String::from_utf8_lossy(&out.stdout));
-        }
-        // Containers are the model's machines: destroying it stops them.
-        let _ = self.kumo(&["destroy-model", "default", "--yes"]);
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        // Anything a failed destroy left behind, and the manual host.
-        for state in [
-            self.dir.path().join("data/containers"),
-            self.dir.path().join("hosts"),
-        ] {
-            if let Ok(entries) = std::fs::read_dir(&state) {
-                for e in entries.flatten() {
-                    if let Ok(pid) = std::fs::read_to_string(e.path().join("nspawn.pid")) {
-                        let _ = sh(&format!("kill -9 {} 2>/dev/null", pid.trim()));
-                    }
-                }
-            }
-        }
-        let _ = sh(&format!("ip link del {BRIDGE} 2>/dev/null"));
-    }
-}
-
-impl Harness {
-    fn kumo(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_kumo"))
-            .args(args)
-            .env("KUMO_DATA_DIR", self.dir.path().join("data"))
-            .env("KUMO_CONFIG_DIR", self.dir.path().join("config"))
-            .env_remove("KUMO_PROFILE")
-            .current_dir(repo())
-            .output()
-            .expect("run kumo")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        stdout_of_success(args, self.kumo(args))
-    }
-
-    fn status(&self) -> Value {
-        self.status_of("default")
-    }
-
-    fn status_of(&self, model: &str) -> Value {
-        serde_json::from_str(&self.ok(&["status", "-m", model, "--format", "json"])).unwrap()
-    }
-
-    fn spawn(&mut self, program: &str, args: &[&str], log: &str) {
-        let log = std::fs::File::create(self.dir.path().join(log)).unwrap();
-        let child = Command::new(program)
-            .args(args)
-            .env("KUMO_DATA_DIR", self.dir.path().join("data"))
-            .env("KUMO_CONFIG_DIR", self.dir.path().join("config"))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
-        self.children.push(child);
-    }
-
-    /// Waits for `f` on `kumo status`, printing each new summary line.
-    fn wait_status(&self, what: &str, secs: u64, f: impl Fn(&Value) -> bool) -> Duration {
-        self.wait_status_of("default", what, secs, f)
-    }
-
-    fn wait_status_of(
-        &self,
-        model: &str,
-        what: &str,
-        secs: u64,
-        f: impl Fn(&Value) -> bool,
-    ) -> Duration {
-        let start = Instant::now();
-        let mut last = String::new();
-        loop {
-            let s = self.status_of(model);
-            let line = summary(&s);
-            if line != last {
-                eprintln!("[{:>6.1}s] {line}", start.elapsed().as_secs_f64());
-                last = line;
-            }
-            if f(&s) {
-                return start.elapsed();
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(secs),
-                "timed out after {secs} s waiting for {what}: {s:#}"
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    }
-}
-
-fn summary(s: &Value) -> String {
-    let mut parts = vec![];
-    if let Some(m) = s["machines"].as_object() {
-        for (id, m) in m {
-            parts.push(format!(
-                "machine {id} {}/{}",
-                m["state"].as_str().unwrap_or(""),
-                m["agent"].as_str().unwrap_or("")
-            ));
-        }
-    }
-    if let Some(u) = s["units"].as_object() {
-        for (name, u) in u {
-            parts.push(format!(
-                "{name} {} ({}) {}",
-                u["workload"].as_str().unwrap_or(""),
-                u["agent"].as_str().unwrap_or(""),
-                u["message"].as_str().unwrap_or("")
-            ));
-        }
-    }
-    parts.join("; ")
-}
-
-fn unit<'a>(s: &'a Value, name: &str) -> &'a Value {
-    &s["units"][name]
-}
-
-fn workload(s: &Value, name: &str) -> String {
-    unit(s, name)["workload"].as_str().unwrap_or("").to_string()
-}
-
-fn idle(s: &Value, name: &str) -> bool {
-    unit(s, name)["agent"].as_str() == Some("idle")
-}
-
-fn http_get(url: &str) -> (u16, String) {
-    let out = Command::new("curl")
-        .args(["-s", "-m", "10", "-w", "\n%{http_code}", url])
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_string())
-}
-
-fn count_log(h: &Harness, entity: &str, message: &str) -> usize {
+fn count_log(h: &ControllerLab, entity: &str, message: &str) -> usize {
     let out = h.ok(&[
         "debug-log",
         "--no-tail",
@@ -202,120 +38,21 @@ fn count_log(h: &Harness, entity: &str, message: &str) -> usize {
     out.lines().filter(|l| l.contains(message)).count()
 }
 
-fn skip_reason() -> Option<String> {
-    // SAFETY: geteuid(2) has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("needs root".into());
-    }
-    for (cmd, script) in [
-        ("systemd-nspawn", "deps-containers.sh"),
-        ("debootstrap", "deps-containers.sh"),
-        ("apt-cacher-ng", "deps-rack.sh"),
-        ("curl", "deps-rack.sh"),
-    ] {
-        if !found(cmd) && !Path::new(&format!("/usr/sbin/{cmd}")).exists() {
-            return Some(format!("{cmd} not found: run bash scripts/{script}"));
-        }
-    }
-    None
-}
-
 #[test]
 fn a_bundle_of_mariadb_and_a_web_app_on_container_machines() {
     if let Some(why) = skip_reason() {
         eprintln!("skipping: {why}");
         return;
     }
-    let _ = sh(&format!("ip link del {BRIDGE} 2>/dev/null"));
-    let out = sh(&format!("ip link add {BRIDGE} type bridge && ip addr add {HOST_IP}/24 dev {BRIDGE} && ip link set {BRIDGE} up"));
-    assert!(
-        out.status.success(),
-        "making {BRIDGE}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let port = {
-        let l = std::net::TcpListener::bind((HOST_IP, 0)).unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let mut h = Harness {
-        dir: tempfile::tempdir().unwrap(),
-        port,
-        children: vec![],
-    };
-    let listen = format!("{HOST_IP}:{}", h.port);
-
-    // The package proxy machines install through, configured as a rack
-    // configures it (crates/rack/src/proxy.rs).
-    let proxy_dir = h.dir.path().join("proxy");
-    for d in ["cache", "log", "conf", "run"] {
-        std::fs::create_dir_all(proxy_dir.join(d)).unwrap();
-    }
-    std::fs::write(
-        proxy_dir.join("conf/acng.conf"),
-        format!(
-            "CacheDir: {p}/cache\nLogDir: {p}/log\nSupportDir: /usr/lib/apt-cacher-ng\n\
-             SocketPath: {p}/run/socket\nPort: {PROXY_PORT}\nBindAddress: {HOST_IP}\n\
-             ForeGround: 1\nPassThroughPattern: .*:443$\n",
-            p = proxy_dir.display()
-        ),
-    )
-    .unwrap();
-    let _ = sh(&format!(
-        "chown -R apt-cacher-ng {} 2>/dev/null",
-        proxy_dir.display()
-    ));
-    h.spawn(
-        "/usr/sbin/apt-cacher-ng",
-        &["-c", proxy_dir.join("conf").to_str().unwrap()],
-        "proxy.log",
-    );
-
-    // The key the controller logs in to manual machines with.
-    let key = h.dir.path().join("id_ed25519");
-    let out = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "kumo-test", "-f"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "ssh-keygen: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::env::set_var("KUMO_SSH_KEY", &key);
-
-    h.ok(&["init", "--listen", &listen, "--password", "correct-horse"]);
-    let cache = repo().join(".cache/containers");
-    let kumo = env!("CARGO_BIN_EXE_kumo").to_string();
-    h.spawn(
-        &kumo,
-        &[
-            "region",
-            "serve",
-            "--containers-cache",
-            cache.to_str().unwrap(),
-        ],
-        "region.log",
-    );
-    support::wait_until("the region to answer", 30, || {
-        h.kumo(&["models"]).status.success() || h.kumo(&["whoami"]).status.success()
+    let h = ControllerLab::start(Net {
+        bridge: BRIDGE,
+        host_ip: HOST_IP,
+        proxy_port: PROXY_PORT,
+        range: "10.252.0.100-10.252.0.150",
+        proxy_cache: None,
     });
-
-    h.ok(&[
-        "bootstrap",
-        "--agent-url",
-        &format!("http://{listen}"),
-        "--bridge",
-        BRIDGE,
-        "--address-range",
-        "10.252.0.100-10.252.0.150",
-        "--prefix",
-        "24",
-        "--gateway",
-        HOST_IP,
-        "--apt-proxy",
-        &format!("http://{HOST_IP}:{PROXY_PORT}/"),
-    ]);
+    let key = h.key.clone();
+    let cache = repo().join(".cache/containers");
 
     // Bad input is refused before anything changes.
     let bad = h.kumo(&[

@@ -5,6 +5,7 @@
 
 #![allow(dead_code)] // each suite uses its own part
 
+pub mod controller;
 pub mod raw;
 
 /// The stdout of a `kumo` run that must succeed; else fails the test with
