@@ -13,6 +13,7 @@ mod images;
 mod lab;
 mod output;
 mod serve;
+mod verify;
 
 use anyhow::{Context, Result};
 use clap::Parser;
