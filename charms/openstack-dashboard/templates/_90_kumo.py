@@ -1,5 +1,5 @@
 # Written by the kumo openstack-dashboard charm ({{ unit.name }}); edits are overwritten.
-# Guide §12-2: Horizon's Keystone, and who may ask for the dashboard.
+# Guide section 12-2 (ASCII only: Apache reads this file as ASCII): Horizon's Keystone, and who may ask for the dashboard.
 OPENSTACK_HOST = "{{ vars.keystone_host }}"
 OPENSTACK_KEYSTONE_URL = "{{ vars.auth_url }}"
 OPENSTACK_KEYSTONE_DEFAULT_ROLE = "{{ config["default-role"] }}"
