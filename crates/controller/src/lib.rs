@@ -343,18 +343,37 @@ impl Controller {
             .read_model(name, |m, _, _| Ok(m.machines.values().cloned().collect()))
             .await?;
         let kind = self.read_model(name, |m, _, _| Ok(m.doc.provider)).await?;
-        for mach in machines {
-            if let Some(instance) = &mach.instance {
-                self.inner
-                    .provider
-                    .destroy(kind, instance)
-                    .await
-                    .map_err(|e| {
+        // In parallel (a machine takes seconds to power off), containers
+        // before the machines that host them.
+        let (nested, hosts): (Vec<MachineDoc>, Vec<MachineDoc>) =
+            machines.into_iter().partition(|m| m.id.contains('/'));
+        for wave in [nested, hosts] {
+            let mut tasks = tokio::task::JoinSet::new();
+            for mach in wave {
+                let Some(instance) = mach.instance.clone() else {
+                    continue;
+                };
+                let provider = self.inner.provider.clone();
+                tasks.spawn(async move {
+                    provider.destroy(kind, &instance).await.map_err(|e| {
                         ControllerError::Provider(format!(
                             "destroying machine {} ({instance}): {e}",
                             mach.id
                         ))
-                    })?;
+                    })
+                });
+            }
+            let mut first_error = None;
+            while let Some(done) = tasks.join_next().await {
+                let result = done.unwrap_or_else(|e| {
+                    Err(ControllerError::Provider(format!("destroying a machine: {e}")))
+                });
+                if let Err(e) = result {
+                    first_error.get_or_insert(e);
+                }
+            }
+            if let Some(e) = first_error {
+                return Err(e);
             }
         }
         self.inner.store.delete_model(name).await?;
