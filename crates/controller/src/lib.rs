@@ -366,7 +366,9 @@ impl Controller {
             let mut first_error = None;
             while let Some(done) = tasks.join_next().await {
                 let result = done.unwrap_or_else(|e| {
-                    Err(ControllerError::Provider(format!("destroying a machine: {e}")))
+                    Err(ControllerError::Provider(format!(
+                        "destroying a machine: {e}"
+                    )))
                 });
                 if let Err(e) = result {
                     first_error.get_or_insert(e);

@@ -133,7 +133,14 @@ fn the_guides_cloud_from_one_bundle_passes_the_guides_checks() {
 
     // The charms log how long their packages took to install: what any
     // script installing the same packages spends, the lower bound.
-    let log = h.ok(&["debug-log", "-m", "openstack", "--no-tail", "--lines", "100000"]);
+    let log = h.ok(&[
+        "debug-log",
+        "-m",
+        "openstack",
+        "--no-tail",
+        "--lines",
+        "100000",
+    ]);
     let mut install: BTreeMap<String, u64> = BTreeMap::new();
     for line in log.lines() {
         let Some((head, rest)) = line.split_once("packages installed in ") else {
@@ -148,7 +155,10 @@ fn the_guides_cloud_from_one_bundle_passes_the_guides_checks() {
             *install.entry(app).or_default() += secs;
         }
     }
-    eprintln!("\n{:<30} {:>12} {:>22}", "application", "active (s)", "packages alone (s)");
+    eprintln!(
+        "\n{:<30} {:>12} {:>22}",
+        "application", "active (s)", "packages alone (s)"
+    );
     for (app, t) in &active_at {
         let packages = install
             .get(app)
