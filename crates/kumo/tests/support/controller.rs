@@ -136,6 +136,7 @@ impl ControllerLab {
         );
         std::env::set_var("KUMO_SSH_KEY", &h.key);
 
+        let pubkey = format!("{}.pub", h.key.display());
         let listen = h.listen.clone();
         h.ok(&["init", "--listen", &listen, "--password", "correct-horse"]);
         let containers_cache = repo().join(".cache/containers");
@@ -166,6 +167,9 @@ impl ControllerLab {
             host_ip,
             "--apt-proxy",
             &h.apt_proxy(),
+            // The suite's key logs in to the machines as root.
+            "--authorized-key",
+            &pubkey,
         ]);
         h
     }
