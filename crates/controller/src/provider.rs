@@ -264,6 +264,9 @@ impl ContainersProvider {
             argv
         };
         let target = &self.ssh_target(req.kind, &req.instance, target);
+        if req.kind == ProviderKind::Metal {
+            let _ = std::fs::remove_file(&target.known_hosts);
+        }
         self.ssh(
             target,
             sh("mkdir -p /etc/kumo /usr/local/bin && cat > /usr/local/bin/kumo.new && chmod 755 /usr/local/bin/kumo.new && mv /usr/local/bin/kumo.new /usr/local/bin/kumo"),
@@ -295,10 +298,11 @@ impl ContainersProvider {
     }
 
     /// Host keys of manual machines are remembered per controller. A metal
-    /// machine gets a new host key with every deployment, and its address
-    /// goes to the next machine after a release, so its keys are kept per
-    /// region machine and forgotten when it is released: the first
-    /// connection after a deployment trusts the key it is shown.
+    /// machine gets a new host key with every deployment (and may have been
+    /// redeployed by someone else since kumo last saw it), so its keys are
+    /// kept per region machine, forgotten before each install and when it
+    /// is released: an install trusts the key the machine shows first and
+    /// holds it to that key for the rest of the install.
     fn known_hosts(&self, kind: ProviderKind, instance: &str) -> PathBuf {
         let Some(dir) = self.data_dir() else {
             return PathBuf::from("/dev/null");
