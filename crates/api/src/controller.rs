@@ -59,15 +59,14 @@ impl From<ControllerError> for ApiError {
 }
 
 /// Any authenticated user.
-struct User;
+struct User(kumo_region::Actor);
 
 impl FromRequestParts<Ctl> for User {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, s: &Ctl) -> Result<Self, ApiError> {
         let key =
             bearer(parts).ok_or_else(|| ApiError::from(kumo_region::RegionError::Unauthorized))?;
-        s.region.authenticate(key).await?;
-        Ok(User)
+        Ok(User(s.region.authenticate(key).await?))
     }
 }
 
@@ -96,6 +95,7 @@ pub fn routes(ctl: Ctl) -> Router {
         .route("/api/v1/models/{m}", delete(destroy_model))
         .route("/api/v1/models/{m}/status", get(status))
         .route("/api/v1/models/{m}/machines", post(add_machines))
+        .route("/api/v1/models/{m}/machines/{*id}", delete(remove_machine))
         .route("/api/v1/models/{m}/applications", post(deploy))
         .route(
             "/api/v1/models/{m}/applications/{app}",
@@ -180,14 +180,14 @@ async fn models(State(s): State<Ctl>, _u: User) -> R<impl IntoResponse> {
 
 async fn add_model(
     State(s): State<Ctl>,
-    _u: User,
+    User(actor): User,
     ApiJson(b): ApiJson<CreateModel>,
 ) -> R<impl IntoResponse> {
     Ok((
         StatusCode::CREATED,
         Json(
             s.controller
-                .add_model(&b.name, b.provider.as_deref())
+                .add_model(&b.name, b.provider.as_deref(), Some(&actor.username))
                 .await?,
         ),
     ))
@@ -310,6 +310,15 @@ async fn show_unit(
     Ok(Json(
         s.controller.show_unit(&m, &format!("{app}/{n}")).await?,
     ))
+}
+
+async fn remove_machine(
+    State(s): State<Ctl>,
+    _u: User,
+    Path((m, id)): Path<(String, String)>,
+) -> R<impl IntoResponse> {
+    s.controller.remove_machine(&m, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn remove_unit(

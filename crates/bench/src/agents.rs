@@ -176,7 +176,7 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
             controller_id: String::new(),
         })
         .await?;
-    controller.add_model(MODEL, Some("manual")).await?;
+    controller.add_model(MODEL, Some("manual"), None).await?;
     let charm = controller.upload_charm(&charm_archive()?)?;
     let first = a.machines.min(BATCH);
     controller

@@ -16,6 +16,18 @@ pub enum ProviderKind {
     Containers,
     /// Existing hosts reached over SSH (`add-machine ssh:user@host`).
     Manual,
+    /// The region's machines, allocated by constraints and deployed.
+    Metal,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Containers => "containers",
+            ProviderKind::Manual => "manual",
+            ProviderKind::Metal => "metal",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,6 +44,10 @@ pub struct ModelDoc {
     /// region's key: never stored or shown in clear.
     #[serde(default)]
     pub secrets: BTreeMap<String, BTreeMap<String, String>>,
+    /// The user who added the model: metal machines are allocated to
+    /// them, so deployed machines let in their SSH keys.
+    #[serde(default)]
+    pub owner: Option<String>,
 }
 
 impl ModelDoc {
@@ -46,6 +62,7 @@ impl ModelDoc {
             next_action: 1,
             created_at: now,
             secrets: BTreeMap::new(),
+            owner: None,
         }
     }
 }
@@ -128,7 +145,8 @@ pub struct MachineDoc {
     pub id: String,
     pub state: MachineState,
     pub message: String,
-    /// The provider's name for it (a container name, `user@host`).
+    /// The provider's name for it (a container name, `user@host`, a
+    /// region machine's system id).
     pub instance: Option<String>,
     pub address: Option<String>,
     pub constraints: Option<String>,

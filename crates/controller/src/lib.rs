@@ -29,7 +29,7 @@ use tokio::sync::{watch, Mutex, Notify};
 pub use docs::ProviderKind;
 pub use error::{ControllerError, Result};
 pub use model::{Charms, Model, Placement};
-pub use provider::{AgentConfig, Provider, ProvisionRequest};
+pub use provider::{AgentConfig, MetalBackend, MetalMachine, Provider, ProvisionRequest};
 
 use docs::*;
 use error::{invalid, not_found};
@@ -71,6 +71,9 @@ struct Inner {
     bootstrap: RwLock<Option<api::Bootstrap>>,
     changed: watch::Sender<u64>,
     provider: Arc<dyn Provider>,
+    /// The region's machines, for `metal` models; set by the region
+    /// process (`set_metal_backend`).
+    metal: std::sync::OnceLock<Arc<dyn MetalBackend>>,
     provision: Notify,
     secrets: kumo_region::SecretBox,
     /// Failed machines: (attempts, next try in ms). In memory only: a
@@ -138,6 +141,7 @@ impl Controller {
                 bootstrap: RwLock::new(bootstrap),
                 changed,
                 provider,
+                metal: std::sync::OnceLock::new(),
                 provision: Notify::new(),
                 secrets,
                 retries: std::sync::Mutex::new(BTreeMap::new()),
@@ -147,6 +151,12 @@ impl Controller {
 
     fn now(&self) -> i64 {
         self.inner.clock.now()
+    }
+
+    /// Gives `metal` models the region's machines. Once; later calls are
+    /// ignored.
+    pub fn set_metal_backend(&self, backend: Arc<dyn MetalBackend>) {
+        let _ = self.inner.metal.set(backend);
     }
 
     fn charms(&self) -> CharmMap<'_> {
@@ -289,7 +299,7 @@ impl Controller {
         self.inner.store.write_model(BOOTSTRAP_MODEL, &w).await?;
         *self.inner.bootstrap.write().expect("lock") = Some(b);
         if !self.inner.models.lock().await.contains_key("default") {
-            self.add_model("default", None).await?;
+            self.add_model("default", None, None).await?;
         }
         Ok(())
     }
@@ -298,7 +308,14 @@ impl Controller {
         self.inner.bootstrap.read().expect("lock").clone()
     }
 
-    pub async fn add_model(&self, name: &str, provider: Option<&str>) -> Result<api::ModelInfo> {
+    /// `owner` is the user adding it: a metal model's machines are
+    /// allocated to them.
+    pub async fn add_model(
+        &self,
+        name: &str,
+        provider: Option<&str>,
+        owner: Option<&str>,
+    ) -> Result<api::ModelInfo> {
         if !kumo_charm::valid_name(name) {
             return Err(invalid(
                 "name",
@@ -311,13 +328,28 @@ impl Controller {
         let provider = match provider.unwrap_or("containers") {
             "containers" => ProviderKind::Containers,
             "manual" => ProviderKind::Manual,
+            "metal" => ProviderKind::Metal,
             other => {
                 return Err(invalid(
                     "provider",
-                    format!("unknown provider {other:?}: expected containers or manual"),
+                    format!("unknown provider {other:?}: expected containers, manual or metal"),
                 ))
             }
         };
+        if provider == ProviderKind::Metal {
+            if self.inner.metal.get().is_none() {
+                return Err(invalid(
+                    "provider",
+                    "the metal provider needs the region's machines; this controller has none",
+                ));
+            }
+            if owner.is_none() {
+                return Err(invalid(
+                    "provider",
+                    "a metal model needs an owner to allocate machines to",
+                ));
+            }
+        }
         let mut models = self.inner.models.lock().await;
         if models.contains_key(name) {
             return Err(ControllerError::AlreadyExists {
@@ -325,7 +357,9 @@ impl Controller {
                 name: name.into(),
             });
         }
-        let mut m = Model::new(ModelDoc::new(name, provider, self.now()));
+        let mut doc = ModelDoc::new(name, provider, self.now());
+        doc.owner = owner.map(str::to_string);
+        let mut m = Model::new(doc);
         m.log("model", Level::Info, format!("model {name} added"));
         self.commit_model(&mut m).await?;
         let info = info(&m);
@@ -342,7 +376,11 @@ impl Controller {
         let machines: Vec<MachineDoc> = self
             .read_model(name, |m, _, _| Ok(m.machines.values().cloned().collect()))
             .await?;
-        let kind = self.read_model(name, |m, _, _| Ok(m.doc.provider)).await?;
+        let (kind, owner) = self
+            .read_model(name, |m, _, _| {
+                Ok((m.doc.provider, m.doc.owner.clone().unwrap_or_default()))
+            })
+            .await?;
         // In parallel (a machine takes seconds to power off), containers
         // before the machines that host them.
         let (nested, hosts): (Vec<MachineDoc>, Vec<MachineDoc>) =
@@ -354,13 +392,17 @@ impl Controller {
                     continue;
                 };
                 let provider = self.inner.provider.clone();
+                let metal = self.inner.metal.get().cloned();
+                let owner = owner.clone();
                 tasks.spawn(async move {
-                    provider.destroy(kind, &instance).await.map_err(|e| {
-                        ControllerError::Provider(format!(
-                            "destroying machine {} ({instance}): {e}",
-                            mach.id
-                        ))
-                    })
+                    destroy_instance(provider, metal, kind, &owner, &instance)
+                        .await
+                        .map_err(|e| {
+                            ControllerError::Provider(format!(
+                                "destroying machine {} ({instance}): {e}",
+                                mach.id
+                            ))
+                        })
                 });
             }
             let mut first_error = None;
@@ -469,6 +511,11 @@ impl Controller {
         constraints: Option<String>,
     ) -> Result<String> {
         let (_, hash) = self.new_token();
+        if m.doc.provider == ProviderKind::Metal {
+            if let Some(p) = placement {
+                return Err(metal_placement(&m.doc.name, p));
+            }
+        }
         match placement {
             None => m.add_machine(None, None, constraints, hash),
             Some(p) if p.starts_with("lxd:") => {
@@ -505,6 +552,70 @@ impl Controller {
         Ok(ids)
     }
 
+    /// `remove-machine`: a machine that hosts no unit and no container is
+    /// given back to its provider (a metal machine is released to the
+    /// region) and forgotten.
+    pub async fn remove_machine(&self, model: &str, id: &str) -> Result<()> {
+        let (kind, owner, instance) = self
+            .with_model(model, |m, _, _| {
+                if !m.machines.contains_key(id) {
+                    return Err(not_found("machine", id));
+                }
+                if let Some(u) = m.units.values().find(|u| u.machine == id) {
+                    return Err(ControllerError::Conflict(format!(
+                        "machine {id} hosts unit {}; remove it first",
+                        u.name
+                    )));
+                }
+                let nested = format!("{id}/");
+                if let Some(c) = m.machines.keys().find(|k| k.starts_with(&nested)) {
+                    return Err(ControllerError::Conflict(format!(
+                        "machine {id} hosts container {c}; remove it first"
+                    )));
+                }
+                let x = m.machines.get_mut(id).expect("checked");
+                // Dying: the provisioner leaves it alone from now on.
+                x.state = MachineState::Dying;
+                let instance = x.instance.clone();
+                m.dirty.machines.insert(id.to_string());
+                m.log(
+                    &machine_entity(id),
+                    Level::Info,
+                    format!("removing machine {id}"),
+                );
+                Ok((
+                    m.doc.provider,
+                    m.doc.owner.clone().unwrap_or_default(),
+                    instance,
+                ))
+            })
+            .await?;
+        if let Some(instance) = instance {
+            destroy_instance(
+                self.inner.provider.clone(),
+                self.inner.metal.get().cloned(),
+                kind,
+                &owner,
+                &instance,
+            )
+            .await
+            .map_err(|e| {
+                ControllerError::Provider(format!("removing machine {id} ({instance}): {e}"))
+            })?;
+        }
+        self.with_model(model, |m, _, _| {
+            m.machines.remove(id);
+            m.dirty.machines.insert(id.to_string());
+            m.log(
+                &machine_entity(id),
+                Level::Info,
+                format!("machine {id} removed"),
+            );
+            Ok(())
+        })
+        .await
+    }
+
     /// Places `count` new units of `app`: each on its `to` placement, or a
     /// new machine.
     fn place_units(
@@ -514,6 +625,11 @@ impl Controller {
         count: u32,
         to: &[String],
     ) -> Result<Vec<String>> {
+        if m.doc.provider == ProviderKind::Metal {
+            if let Some(t) = to.iter().find(|t| t.starts_with("lxd:")) {
+                return Err(metal_placement(&m.doc.name, t));
+            }
+        }
         let mut units = Vec::new();
         for i in 0..count as usize {
             let machine = match to.get(i) {
@@ -523,7 +639,16 @@ impl Controller {
                         self.add_machine_in(m, Some(&format!("lxd:{host}")), None)?
                     }
                 },
-                None => self.add_machine_in(m, None, None)?,
+                // A new machine for the unit, chosen by the application's
+                // constraints (the metal provider allocates by them).
+                None => {
+                    let constraints = m
+                        .doc
+                        .applications
+                        .get(app)
+                        .and_then(|a| a.constraints.clone());
+                    self.add_machine_in(m, None, constraints)?
+                }
             };
             units.push(m.add_unit(app, &machine)?);
         }
@@ -546,6 +671,9 @@ impl Controller {
                 let config = model::typed_config(charm, &req.config)?;
                 // Placements are checked before anything is added.
                 for t in &req.to {
+                    if m.doc.provider == ProviderKind::Metal && t.starts_with("lxd:") {
+                        return Err(metal_placement(&m.doc.name, t));
+                    }
                     m.check_placement(t)?;
                 }
                 m.deploy(&name, charm, &req.charm, config, req.constraints.clone())?;
@@ -1130,6 +1258,11 @@ impl Controller {
                                 .expect("lock")
                                 .get(&(m.doc.name.clone(), x.id.clone()))
                                 .is_none_or(|(_, at)| *at <= self.now()),
+                            // A metal machine is provisioned a step per pass
+                            // until its agent is installed (it has an address).
+                            MachineState::Provisioning => {
+                                m.doc.provider == ProviderKind::Metal && x.address.is_none()
+                            }
                             _ => false,
                         })
                         .map(|x| (m.doc.name.clone(), m.doc.provider, x.clone()))
@@ -1138,6 +1271,10 @@ impl Controller {
                 .collect()
         };
         for (model, kind, mach) in work {
+            if kind == ProviderKind::Metal {
+                self.provision_metal(&model, &mach, &boot).await?;
+                continue;
+            }
             // A fresh token per attempt: only the hash is stored.
             let (token, hash) = self.new_token();
             // Manual machines are known by their SSH target.
@@ -1167,7 +1304,7 @@ impl Controller {
                         ),
                     }
                 }
-                ProviderKind::Manual => None,
+                ProviderKind::Manual | ProviderKind::Metal => None,
             };
             self.with_model(&model, |m, _, _| {
                 if let Some(x) = m.machines.get_mut(&mach.id) {
@@ -1197,20 +1334,7 @@ impl Controller {
             };
             tracing::info!(model, machine = mach.id, instance, "provisioning machine");
             let result = self.inner.provider.provision(&req).await;
-            {
-                let mut retries = self.inner.retries.lock().expect("lock");
-                let key = (model.clone(), mach.id.clone());
-                match &result {
-                    Ok(_) => {
-                        retries.remove(&key);
-                    }
-                    Err(_) => {
-                        let attempts = retries.get(&key).map_or(1, |(n, _)| n + 1);
-                        let wait = (10_000i64 << attempts.min(5)).min(300_000);
-                        retries.insert(key, (attempts, self.now() + wait));
-                    }
-                }
-            }
+            self.note_attempt(&model, &mach.id, result.is_ok());
             self.with_model(&model, |m, _, _| {
                 if let Some(x) = m.machines.get_mut(&mach.id) {
                     match &result {
@@ -1244,6 +1368,286 @@ impl Controller {
         }
         Ok(())
     }
+}
+
+/// Where a metal machine's provisioning got to in one pass.
+enum MetalStep {
+    /// Allocated or deploying; the message says which region machine.
+    Waiting(String),
+    /// Deployed, the agent installed at this address.
+    Installed(String),
+}
+
+impl Controller {
+    /// Remembers a failed attempt (the next waits 20 s, 40 s, … 5 min) or
+    /// forgets the failures after a success.
+    fn note_attempt(&self, model: &str, machine: &str, ok: bool) {
+        let mut retries = self.inner.retries.lock().expect("lock");
+        let key = (model.to_string(), machine.to_string());
+        if ok {
+            retries.remove(&key);
+        } else {
+            let attempts = retries.get(&key).map_or(1, |(n, _)| n + 1);
+            let wait = (10_000i64 << attempts.min(5)).min(300_000);
+            retries.insert(key, (attempts, self.now() + wait));
+        }
+    }
+
+    /// One pass over a metal machine: allocate a region machine by its
+    /// constraints, deploy it, wait for the region to say deployed, then
+    /// install the agent over SSH. A step per pass, so a machine deploying
+    /// for minutes holds up no other; the allocated machine's system id
+    /// is recorded as the instance at once, so a restarted controller
+    /// carries on with it instead of allocating another.
+    async fn provision_metal(
+        &self,
+        model: &str,
+        mach: &MachineDoc,
+        boot: &api::Bootstrap,
+    ) -> Result<()> {
+        let step = match self.inner.metal.get().cloned() {
+            Some(backend) => self.metal_step(backend.as_ref(), model, mach, boot).await,
+            None => Err("this controller has no region machines (metal provider)".to_string()),
+        };
+        if !matches!(step, Ok(MetalStep::Waiting(_))) {
+            self.note_attempt(model, &mach.id, step.is_ok());
+        }
+        let updated = self
+            .with_model(model, |m, _, _| {
+                let Some(x) = m.machines.get_mut(&mach.id) else {
+                    return Ok(());
+                };
+                if x.state == MachineState::Dying {
+                    return Ok(());
+                }
+                let (state, message, log) = match &step {
+                    Ok(MetalStep::Waiting(msg)) => (
+                        MachineState::Provisioning,
+                        msg.clone(),
+                        (Level::Info, msg.clone()),
+                    ),
+                    Ok(MetalStep::Installed(addr)) => {
+                        x.address = Some(addr.clone());
+                        (
+                            MachineState::Provisioning,
+                            "waiting for the agent".to_string(),
+                            (
+                                Level::Info,
+                                format!(
+                                    "machine {} provisioned as {}",
+                                    mach.id,
+                                    x.instance.clone().unwrap_or_default()
+                                ),
+                            ),
+                        )
+                    }
+                    Err(e) => (
+                        MachineState::Error,
+                        e.clone(),
+                        (
+                            Level::Error,
+                            format!("provisioning machine {} failed: {e}", mach.id),
+                        ),
+                    ),
+                };
+                // Polls that change nothing write nothing.
+                if x.state == state && x.message == message && x.address.is_none() {
+                    return Ok(());
+                }
+                x.state = state;
+                x.message = message;
+                m.dirty.machines.insert(mach.id.clone());
+                m.log(&machine_entity(&mach.id), log.0, log.1);
+                Ok(())
+            })
+            .await;
+        match updated {
+            // The model was destroyed meanwhile.
+            Err(ControllerError::NotFound { .. }) => Ok(()),
+            other => other,
+        }
+    }
+
+    async fn metal_step(
+        &self,
+        backend: &dyn MetalBackend,
+        model: &str,
+        mach: &MachineDoc,
+        boot: &api::Bootstrap,
+    ) -> std::result::Result<MetalStep, String> {
+        use kumo_model::MachineStatus as S;
+        let owner = self
+            .read_model(model, |m, _, _| Ok(m.doc.owner.clone()))
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("model {model} has no owner to allocate machines to"))?;
+        // The region machine recorded earlier, while it is still this
+        // model's: allocated, deploying, deployed or failed deploying.
+        let recorded = match &mach.instance {
+            Some(id) => backend.machine(id).await?.filter(|r| {
+                r.owner.as_deref() == Some(owner.as_str())
+                    && matches!(
+                        r.status,
+                        S::Allocated | S::Deploying | S::Deployed | S::FailedDeployment
+                    )
+            }),
+            None => None,
+        };
+        let r = match recorded {
+            Some(r) => r,
+            None => {
+                let constraints = mach.constraints.clone().unwrap_or_default();
+                let r = backend
+                    .allocate(&owner, &constraints)
+                    .await
+                    .map_err(|e| format!("allocating a region machine: {e}"))?;
+                let noted = self
+                    .with_model(model, |m, _, _| {
+                        let x = m
+                            .machines
+                            .get_mut(&mach.id)
+                            .filter(|x| x.state != MachineState::Dying)
+                            .ok_or_else(|| not_found("machine", &mach.id))?;
+                        x.instance = Some(r.system_id.clone());
+                        x.state = MachineState::Provisioning;
+                        x.message = format!("allocated {}", r.hostname);
+                        m.dirty.machines.insert(mach.id.clone());
+                        m.log(
+                            &machine_entity(&mach.id),
+                            Level::Info,
+                            format!(
+                                "machine {} allocated region machine {} ({})",
+                                mach.id, r.hostname, r.system_id
+                            ),
+                        );
+                        Ok(())
+                    })
+                    .await;
+                if let Err(e) = noted {
+                    // The machine or its model went away meanwhile.
+                    let _ = backend.release(&owner, &r.system_id).await;
+                    return Err(format!("recording region machine {}: {e}", r.hostname));
+                }
+                r
+            }
+        };
+        match r.status {
+            S::Allocated => {
+                let r = backend
+                    .deploy(&owner, &r.system_id)
+                    .await
+                    .map_err(|e| format!("deploying region machine {}: {e}", r.hostname))?;
+                Ok(MetalStep::Waiting(format!("deploying {}", r.hostname)))
+            }
+            S::Deploying => Ok(MetalStep::Waiting(if r.status_message.is_empty() {
+                format!("deploying {}", r.hostname)
+            } else {
+                format!("deploying {}: {}", r.hostname, r.status_message)
+            })),
+            S::FailedDeployment => {
+                // Given back, so the retry allocates afresh.
+                let released = backend.release(&owner, &r.system_id).await;
+                let _ = self
+                    .with_model(model, |m, _, _| {
+                        if let Some(x) = m.machines.get_mut(&mach.id) {
+                            x.instance = None;
+                            m.dirty.machines.insert(mach.id.clone());
+                        }
+                        Ok(())
+                    })
+                    .await;
+                Err(format!(
+                    "region machine {} failed to deploy: {}{}",
+                    r.hostname,
+                    r.status_message,
+                    match released {
+                        Ok(()) => "; released it".to_string(),
+                        Err(e) => format!("; releasing it: {e}"),
+                    }
+                ))
+            }
+            _ => {
+                let address = r.addresses.first().cloned().ok_or_else(|| {
+                    format!(
+                        "region machine {} is deployed without an address",
+                        r.hostname
+                    )
+                })?;
+                // A fresh token per attempt: only its hash is kept.
+                let (token, hash) = self.new_token();
+                self.with_model(model, |m, _, _| {
+                    if let Some(x) = m.machines.get_mut(&mach.id) {
+                        x.token_hash = hash.clone();
+                        x.message = format!("installing the agent on {}", r.hostname);
+                        m.dirty.machines.insert(mach.id.clone());
+                    }
+                    Ok(())
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+                // The agent goes on over SSH as on a manual machine: the
+                // region's image lets the owner's keys in as `debian` with
+                // sudo, and the region process holds the key. Cloud-init
+                // user-data could install it too, but would have to carry
+                // the agent's token in the machine's deployment record and
+                // fetch the binary from an endpoint the region does not
+                // have; SSH reuses what the manual provider already does.
+                let req = ProvisionRequest {
+                    kind: ProviderKind::Metal,
+                    instance: r.system_id.clone(),
+                    hostname: r.hostname.clone(),
+                    address: Some(address.clone()),
+                    placement: Some(format!("ssh:{}@{address}", provider::METAL_SSH_USER)),
+                    agent: AgentConfig {
+                        controller_url: boot.agent_url.clone(),
+                        model: model.to_string(),
+                        machine: mach.id.clone(),
+                        token,
+                    },
+                    bootstrap: boot.clone(),
+                };
+                tracing::info!(
+                    model,
+                    machine = mach.id,
+                    instance = r.system_id,
+                    "installing the agent"
+                );
+                self.inner
+                    .provider
+                    .provision(&req)
+                    .await
+                    .map_err(|e| format!("installing the agent on {}: {e}", r.hostname))?;
+                Ok(MetalStep::Installed(address))
+            }
+        }
+    }
+}
+
+/// Gives a machine back to its provider: a metal machine is released to
+/// the region first.
+async fn destroy_instance(
+    provider: Arc<dyn Provider>,
+    metal: Option<Arc<dyn MetalBackend>>,
+    kind: ProviderKind,
+    owner: &str,
+    instance: &str,
+) -> std::result::Result<(), String> {
+    if kind == ProviderKind::Metal {
+        let backend =
+            metal.ok_or("this controller has no region machines (metal provider)".to_string())?;
+        backend.release(owner, instance).await?;
+    }
+    provider.destroy(kind, instance).await
+}
+
+fn metal_placement(model: &str, placement: &str) -> ControllerError {
+    invalid(
+        "placement",
+        format!(
+            "placement {placement}: model {model} takes its machines from the region (metal provider); \
+             containers on them (lxd:N) and ssh:user@host are not supported yet"
+        ),
+    )
 }
 
 /// The bootstrap configuration and every model, from stored documents.
@@ -1301,10 +1705,7 @@ fn models_from_docs(
 fn info(m: &Model) -> api::ModelInfo {
     api::ModelInfo {
         name: m.doc.name.clone(),
-        provider: match m.doc.provider {
-            ProviderKind::Containers => "containers".into(),
-            ProviderKind::Manual => "manual".into(),
-        },
+        provider: m.doc.provider.as_str().into(),
         machines: m.machines.len(),
         applications: m.doc.applications.len(),
         units: m.units.len(),

@@ -1,6 +1,8 @@
 //! Machine providers behind one trait. `containers` makes systemd-nspawn
 //! machines on this host's bridge; `manual` installs the agent on an
-//! existing host over SSH. Both install the same thing: the `kumo` binary,
+//! existing host over SSH; `metal` installs it the same way on a region
+//! machine the controller allocated and deployed through a
+//! [`MetalBackend`]. All install the same thing: the `kumo` binary,
 //! `/etc/kumo/agent.json`, and `kumo-agent.service`.
 
 use std::net::Ipv4Addr;
@@ -34,6 +36,42 @@ pub struct ProvisionRequest {
     pub agent: AgentConfig,
     pub bootstrap: Bootstrap,
 }
+
+/// A region machine as the metal provider sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetalMachine {
+    pub system_id: String,
+    pub hostname: String,
+    pub status: kumo_model::MachineStatus,
+    /// The region's latest progress or failure message.
+    pub status_message: String,
+    pub owner: Option<String>,
+    /// Its static addresses; the agent is installed over the first.
+    pub addresses: Vec<String>,
+}
+
+/// The region, as the `metal` provider needs it: implemented in the
+/// region process over the `Region` handle (`kumo`'s `serve.rs`), faked in
+/// the controller's tests. Errors are the region's messages.
+#[async_trait]
+pub trait MetalBackend: Send + Sync {
+    /// Allocates a Ready machine matching `constraints` (Juju syntax,
+    /// empty for any) to `owner`. A miss says which constraint ruled out
+    /// how many machines.
+    async fn allocate(&self, owner: &str, constraints: &str) -> Result<MetalMachine, String>;
+    /// Starts deploying an allocated machine with the region's default
+    /// image; the first boot lets in `owner`'s SSH keys.
+    async fn deploy(&self, owner: &str, system_id: &str) -> Result<MetalMachine, String>;
+    /// The machine now, `None` if the region has none by that id.
+    async fn machine(&self, system_id: &str) -> Result<Option<MetalMachine>, String>;
+    /// Gives the machine back (a deployment in progress is aborted first),
+    /// with the region's default erase. Safe to repeat.
+    async fn release(&self, owner: &str, system_id: &str) -> Result<(), String>;
+}
+
+/// The user cloud-init makes on the region's Debian image; it has
+/// password-less sudo and the owner's SSH keys.
+pub const METAL_SSH_USER: &str = "debian";
 
 #[async_trait]
 pub trait Provider: Send + Sync {
@@ -200,6 +238,9 @@ impl ContainersProvider {
         Ok(address)
     }
 
+    /// Installs the agent over SSH on `ssh:user@host` (manual machines,
+    /// and metal machines once the region deployed them); through `sudo`
+    /// unless the user is root.
     async fn provision_manual(&self, req: &ProvisionRequest) -> Result<String, String> {
         let target = req
             .placement
@@ -214,7 +255,18 @@ impl ContainersProvider {
         let host = target.rsplit('@').next().unwrap_or(target).to_string();
         let binary = std::fs::read(&self.kumo_binary)
             .map_err(|e| format!("reading {}: {e}", self.kumo_binary.display()))?;
-        let sh = |script: &str| vec!["sh".to_string(), "-c".to_string(), format!("'{script}'")];
+        let sudo = !target.starts_with("root@") && target.contains('@');
+        let sh = |script: &str| {
+            let mut argv = vec!["sh".to_string(), "-c".to_string(), format!("'{script}'")];
+            if sudo {
+                argv.splice(0..0, ["sudo".to_string(), "-n".to_string()]);
+            }
+            argv
+        };
+        let target = &self.ssh_target(req.kind, &req.instance, target);
+        if req.kind == ProviderKind::Metal {
+            let _ = std::fs::remove_file(&target.known_hosts);
+        }
         self.ssh(
             target,
             sh("mkdir -p /etc/kumo /usr/local/bin && cat > /usr/local/bin/kumo.new && chmod 755 /usr/local/bin/kumo.new && mv /usr/local/bin/kumo.new /usr/local/bin/kumo"),
@@ -236,22 +288,54 @@ impl ContainersProvider {
         Ok(host)
     }
 
+    /// The region's data directory (the containers' state is beside it).
+    fn data_dir(&self) -> Option<PathBuf> {
+        self.containers
+            .dir("x")
+            .parent()
+            .and_then(|p| p.parent())
+            .map(|p| p.to_path_buf())
+    }
+
+    /// Host keys of manual machines are remembered per controller. A metal
+    /// machine gets a new host key with every deployment (and may have been
+    /// redeployed by someone else since kumo last saw it), so its keys are
+    /// kept per region machine, forgotten before each install and when it
+    /// is released: an install trusts the key the machine shows first and
+    /// holds it to that key for the rest of the install.
+    fn known_hosts(&self, kind: ProviderKind, instance: &str) -> PathBuf {
+        let Some(dir) = self.data_dir() else {
+            return PathBuf::from("/dev/null");
+        };
+        match kind {
+            ProviderKind::Metal => dir.join("metal-known-hosts").join(instance),
+            _ => dir.join("ssh_known_hosts"),
+        }
+    }
+
+    /// `user@host`, with the known-hosts file its kind uses.
+    fn ssh_target(&self, kind: ProviderKind, instance: &str, target: &str) -> SshTarget {
+        SshTarget {
+            target: target.to_string(),
+            known_hosts: self.known_hosts(kind, instance),
+        }
+    }
+
     /// Runs a command on `user@host` as the controller's user, with
-    /// `KUMO_SSH_KEY` if set; host keys are remembered per controller.
+    /// `KUMO_SSH_KEY` if set, else the lab's key (`<data dir>/lab/id_ed25519`,
+    /// registered as the admin's) when there is one.
     async fn ssh(
         &self,
-        target: &str,
+        target: &SshTarget,
         args: Vec<String>,
         stdin: Option<Vec<u8>>,
     ) -> Result<(), String> {
         use tokio::io::AsyncWriteExt;
-        let known_hosts = self
-            .containers
-            .dir("x")
-            .parent()
-            .and_then(|p| p.parent())
-            .map(|p| p.join("ssh_known_hosts"))
-            .unwrap_or_else(|| PathBuf::from("/dev/null"));
+        let known_hosts = &target.known_hosts;
+        if let Some(dir) = known_hosts.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let target = target.target.as_str();
         let mut cmd = tokio::process::Command::new("ssh");
         cmd.args([
             "-o",
@@ -263,8 +347,14 @@ impl ContainersProvider {
         ])
         .arg("-o")
         .arg(format!("UserKnownHostsFile={}", known_hosts.display()));
+        let lab_key = self
+            .data_dir()
+            .map(|d| d.join("lab/id_ed25519"))
+            .filter(|k| k.exists());
         if let Ok(key) = std::env::var("KUMO_SSH_KEY") {
             cmd.args(["-i", &key]);
+        } else if let Some(key) = lab_key {
+            cmd.arg("-i").arg(key);
         }
         cmd.arg(target)
             .args(&args)
@@ -295,6 +385,11 @@ impl ContainersProvider {
     }
 }
 
+struct SshTarget {
+    target: String,
+    known_hosts: PathBuf,
+}
+
 fn copy_binary(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(dir) = to.parent() {
@@ -311,7 +406,7 @@ impl Provider for ContainersProvider {
     async fn provision(&self, req: &ProvisionRequest) -> Result<String, String> {
         match req.kind {
             ProviderKind::Containers => self.provision_container(req).await,
-            ProviderKind::Manual => self.provision_manual(req).await,
+            ProviderKind::Manual | ProviderKind::Metal => self.provision_manual(req).await,
         }
     }
 
@@ -326,9 +421,16 @@ impl Provider for ContainersProvider {
             // agent, and an unreachable host does not block the removal.
             ProviderKind::Manual => {
                 let sh = "sh -c 'systemctl disable --now kumo-agent.service; rm -f /etc/kumo/agent.json'";
-                if let Err(e) = self.ssh(instance, vec![sh.to_string()], None).await {
+                let target = self.ssh_target(kind, instance, instance);
+                if let Err(e) = self.ssh(&target, vec![sh.to_string()], None).await {
                     tracing::warn!("removing the agent from {instance}: {e}");
                 }
+                Ok(())
+            }
+            // The controller released the region machine; only its host
+            // key is left to forget.
+            ProviderKind::Metal => {
+                let _ = std::fs::remove_file(self.known_hosts(kind, instance));
                 Ok(())
             }
         }

@@ -42,9 +42,10 @@ pub enum ModelCommand {
     /// Add a model and make it current.
     AddModel {
         name: String,
-        /// Where machines come from: containers on the bootstrap bridge, or
-        /// existing hosts over SSH (`add-machine ssh:user@host`).
-        #[arg(long, value_parser = ["containers", "manual"])]
+        /// Where machines come from: containers on the bootstrap bridge,
+        /// existing hosts over SSH (`add-machine ssh:user@host`), or the
+        /// region's machines, allocated by constraints and deployed.
+        #[arg(long, value_parser = ["containers", "manual", "metal"])]
         provider: Option<String>,
     },
     /// Make a model the current one (for this profile).
@@ -99,6 +100,15 @@ pub enum ModelCommand {
         /// (`lxd:3`); repeat or separate with commas.
         #[arg(long = "to", value_delimiter = ',')]
         to: Vec<String>,
+        #[command(flatten)]
+        m: ModelOpt,
+    },
+    /// Remove machines that host no unit or container: containers are
+    /// destroyed, metal machines released to the region, manual hosts
+    /// lose their agent.
+    RemoveMachine {
+        #[arg(required = true)]
+        machines: Vec<String>,
         #[command(flatten)]
         m: ModelOpt,
     },
@@ -469,6 +479,14 @@ pub async fn run(c: &Client, format: Format, profile: &str, cmd: ModelCommand) -
                 .await?;
             for u in units {
                 println!("added unit {u}");
+            }
+            Ok(())
+        }
+        ModelCommand::RemoveMachine { machines, m } => {
+            let m = model(&m);
+            for id in &machines {
+                c.delete(&format!("{}/machines/{id}", mp(&m))).await?;
+                println!("removed machine {id}");
             }
             Ok(())
         }

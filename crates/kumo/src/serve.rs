@@ -160,6 +160,7 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
     )
     .await
     .context("loading the controller's models")?;
+    controller.set_metal_backend(std::sync::Arc::new(RegionMachines(region.clone())));
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
@@ -181,6 +182,124 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
     region.store().close().await;
     tracing::info!("region stopped");
     Ok(())
+}
+
+/// The `metal` provider's view of the region, in process: the controller
+/// allocates, deploys and releases region machines as the model's owner,
+/// as that user would through the API.
+struct RegionMachines(Region);
+
+impl RegionMachines {
+    fn owner(name: &str) -> Actor {
+        Actor {
+            username: name.to_string(),
+            admin: false,
+        }
+    }
+
+    async fn view(&self, m: kumo_model::Machine) -> kumo_controller::MetalMachine {
+        let id = m.system_id.to_string();
+        let addresses = self
+            .0
+            .machine_addresses(&id)
+            .await
+            .map(|ips| ips.into_iter().map(|a| a.ip).collect())
+            .unwrap_or_default();
+        kumo_controller::MetalMachine {
+            system_id: id,
+            hostname: m.hostname.to_string(),
+            status: m.status,
+            status_message: m.status_message,
+            owner: m.owner,
+            addresses,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl kumo_controller::MetalBackend for RegionMachines {
+    async fn allocate(
+        &self,
+        owner: &str,
+        constraints: &str,
+    ) -> Result<kumo_controller::MetalMachine, String> {
+        let req = kumo_model::api::AllocateRequest {
+            constraints: constraints.to_string(),
+        };
+        let m = self
+            .0
+            .allocate(&Self::owner(owner), req)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(self.view(m).await)
+    }
+
+    async fn deploy(
+        &self,
+        owner: &str,
+        system_id: &str,
+    ) -> Result<kumo_controller::MetalMachine, String> {
+        let m = self
+            .0
+            .machine_action(
+                &Self::owner(owner),
+                system_id,
+                "deploy",
+                kumo_model::api::ActionOptions::default(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(self.view(m).await)
+    }
+
+    async fn machine(
+        &self,
+        system_id: &str,
+    ) -> Result<Option<kumo_controller::MetalMachine>, String> {
+        match self.0.machine(system_id).await {
+            Ok(m) => Ok(Some(self.view(m).await)),
+            Err(RegionError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    async fn release(&self, owner: &str, system_id: &str) -> Result<(), String> {
+        use kumo_model::MachineStatus as S;
+        let m = match self.0.machine(system_id).await {
+            Ok(m) => m,
+            Err(RegionError::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(e.to_string()),
+        };
+        // Someone else's now (released and allocated again): not ours to give back.
+        if m.owner.as_deref() != Some(owner) {
+            return Ok(());
+        }
+        let actor = Self::owner(owner);
+        if m.status == S::Deploying {
+            // Aborting is an admin's action; the controller stops its own
+            // deployment as the region's system user.
+            self.0
+                .machine_action(&Actor::system(), system_id, "abort", Default::default())
+                .await
+                .map_err(|e| e.to_string())?;
+        } else if !matches!(
+            m.status,
+            S::Allocated
+                | S::Deployed
+                | S::FailedDeployment
+                | S::FailedReleasing
+                | S::FailedDiskErasing
+        ) {
+            // Releasing or erasing already, or gone back to Ready.
+            return Ok(());
+        }
+        // The region's default erase (none unless the operator asks).
+        self.0
+            .machine_action(&actor, system_id, "release", Default::default())
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// `kumo rack serve`: the rack process, talking to the profile's region.

@@ -13,6 +13,14 @@
 //! Commissioning also runs a user's commissioning script, whose output
 //! reaches the region, and one machine then passes a testing script.
 //!
+//! One of the two deployments is the controller's: a `metal` model in the
+//! same region deploys a charm with `--constraints tags=physical1`, so the
+//! controller allocates the one machine with that tag, deploys it beside
+//! the other, installs the agent on it over SSH with the lab's key, and
+//! the unit goes active; destroying the model releases the machine. A
+//! machine whose constraints no region machine meets is left in error,
+//! saying which constraint ruled them out.
+//!
 //! One network namespace is the rack host: a bridge `kbr0` (10.217.0.2/24)
 //! with `kumo region serve` and `kumo rack serve -i kbr0` inside, and the
 //! machines' taps on the bridge. Images are cached under `<repo>/.cache/`:
@@ -266,10 +274,11 @@ fn two_qemu_machines_enlist_commission_deploy_answer_ssh_and_release() {
         std::fs::copy(image.join(f), served.join(f)).unwrap();
     }
 
+    // On the bridge: the agents of the controller's machines call in here.
     h.ok(&[
         "init",
         "--listen",
-        "127.0.0.1:5240",
+        &format!("{RACK_IP}:5240"),
         "--password",
         "correct-horse",
     ]);
@@ -448,9 +457,58 @@ fn two_qemu_machines_enlist_commission_deploy_answer_ssh_and_release() {
         let tags = vm.machine(&h).unwrap()["tags"].clone();
         assert_eq!(tags, serde_json::json!(["metal", "virtio"]));
     }
+    // The seed's tag: the controller's machine is chosen by it.
+    h.ok(&["tags", "create", "physical1"]);
+    h.ok(&["tags", "add", "physical1", &hosts[1]]);
 
-    // Deploy both at once, with the user's key.
-    let key = h.path("id_ed25519");
+    // A controller in this region with a metal model and a charm whose
+    // hooks only say where they ran.
+    h.ok(&[
+        "bootstrap",
+        "--agent-url",
+        &format!("http://{RACK_IP}:5240"),
+        "--bridge",
+        "kbr0",
+        "--address-range",
+        "10.217.0.200-10.217.0.220",
+    ]);
+    h.ok(&["add-model", "m", "--provider", "metal"]);
+    let charm = h.path("hello");
+    std::fs::create_dir_all(charm.join("hooks")).unwrap();
+    std::fs::write(
+        charm.join("metadata.yaml"),
+        "name: hello\nsummary: says where it runs\n",
+    )
+    .unwrap();
+    for (hook, body) in [
+        ("install", "status-set maintenance installing\n"),
+        ("start", "status-set active \"running on $(hostname)\"\n"),
+    ] {
+        let path = charm.join("hooks").join(hook);
+        std::fs::write(&path, format!("#!/bin/sh\nset -e\n{body}")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    // No region machine has 64 GiB: the machine is left in error saying
+    // which constraint ruled out how many (and is retried with back-off).
+    h.ok(&["add-machine", "-m", "m", "--constraints", "mem=64G"]);
+    wait_until("the unsatisfiable machine to be in error", 60, || {
+        h.json(&["status", "-m", "m"])["machines"]["0"]["state"] == "error"
+    });
+    let m0 = h.json(&["status", "-m", "m"])["machines"]["0"].clone();
+    assert!(
+        m0["message"]
+            .as_str()
+            .unwrap()
+            .contains("mem>=65536M ruled out 2"),
+        "{m0}"
+    );
+
+    // Deploy both at once, with the user's key: the lab's key, which the
+    // controller also installs its agents with.
+    std::fs::create_dir_all(h.path("data/lab")).unwrap();
+    let key = h.path("data/lab/id_ed25519");
     let out = Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-C", "metal-e2e", "-f"])
         .arg(&key)
@@ -472,10 +530,19 @@ fn two_qemu_machines_enlist_commission_deploy_answer_ssh_and_release() {
     );
     let raw = raw_bounds(&h, &image, &manifest, vms.len());
     let deploy_started = Instant::now();
-    for host in &hosts {
-        h.ok(&["machines", "deploy", host]);
-    }
+    h.ok(&["machines", "deploy", &hosts[0]]);
+    // The other is the controller's: allocated by the tag, then deployed.
+    h.ok(&[
+        "deploy",
+        charm.to_str().unwrap(),
+        "-m",
+        "m",
+        "--constraints",
+        "tags=physical1",
+    ]);
     wait_until("both machines to deploy", 900, || {
+        let m = h.json(&["status", "-m", "m"])["machines"]["1"].clone();
+        assert_ne!(m["state"], "error", "the controller's machine: {m}");
         let s: Vec<String> = vms.iter().map(|vm| vm.status(&h)).collect();
         assert!(
             !s.iter().any(|s| s == "failed_deployment"),
@@ -511,10 +578,53 @@ fn two_qemu_machines_enlist_commission_deploy_answer_ssh_and_release() {
         print_breakdown(&h, host, &raw, raw_machine, os_boot);
     }
 
-    // Release with quick erase: the disks are wiped, the machines are Ready.
-    for host in &hosts {
-        h.ok(&["machines", "release", host, "--erase", "quick"]);
-    }
+    // The controller installs its agent on the machine it deployed, and
+    // the unit's hooks run there.
+    let deployed_at = Instant::now();
+    wait_until(
+        "the unit on the controller's machine to be active",
+        300,
+        || {
+            let s = h.json(&["status", "-m", "m"]);
+            let m = &s["machines"]["1"];
+            assert_ne!(m["state"], "error", "the controller's machine: {m}");
+            s["units"]["hello/0"]["workload"] == "active"
+        },
+    );
+    eprintln!(
+        "deployed → agent installed, unit active in {:.1} s",
+        deployed_at.elapsed().as_secs_f64()
+    );
+    let s = h.json(&["status", "-m", "m"]);
+    let ours = vms[1].machine(&h).unwrap();
+    assert_eq!(s["machines"]["1"]["instance"], ours["system_id"], "{s}");
+    assert_eq!(
+        s["units"]["hello/0"]["message"],
+        format!("running on {}", hosts[1]),
+        "{s}"
+    );
+    let ip = h.json(&["machines", "addresses", &hosts[1]])[0]["ip"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // As root: the image has no D-Bus for an unprivileged systemctl.
+    let out = ssh(&h, &key, &ip)
+        .arg("sudo -n systemctl is-active kumo-agent")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "active",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    h.ok(&["remove-machine", "0", "-m", "m"]);
+
+    // Release: one with quick erase by hand, the controller's by
+    // destroying its model (the region's default erase). The disks are
+    // wiped, the machines are Ready.
+    h.ok(&["machines", "release", &hosts[0], "--erase", "quick"]);
+    h.ok(&["destroy-model", "m", "--yes"]);
     wait_until("both machines to erase and return to Ready", 300, || {
         vms.iter().all(|vm| vm.status(&h) == "ready")
     });
