@@ -302,6 +302,10 @@ async fn garbage_is_dropped_and_counted() {
     let (b1, d1, _) = c.recv_data().await;
     assert_eq!(b1, 1);
     c.rrq("f", &[("timeout", "255")]).await;
+    // Counted as a duplicate only while the transfer runs: wait for the
+    // server to have seen it before the transfer can end (the same RRQ
+    // after the last ACK is a new request).
+    counters_until(&server.counters, |c| c.duplicate_requests == 1).await;
     c.sock.send_to(b"\x00\x04", tid).await.unwrap();
     let stranger = Client::new(server.port).await;
     stranger.send(tid, Packet::Ack { block: 1 }).await;
