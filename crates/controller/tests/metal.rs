@@ -197,19 +197,7 @@ async fn metal_machines_are_allocated_by_constraints_deployed_resumed_and_releas
         clock.clone(),
     )
     .await;
-    c.bootstrap(Bootstrap {
-        agent_url: "http://10.0.0.1:5240".into(),
-        bridge: "br0".into(),
-        address_range: "10.0.0.100-10.0.0.110".into(),
-        prefix: 24,
-        gateway: None,
-        dns: vec![],
-        apt_proxy: None,
-        authorized_keys: vec![],
-        controller_id: String::new(),
-    })
-    .await
-    .unwrap();
+    c.bootstrap(bootstrap()).await.unwrap();
     c.add_model("m", Some("metal"), Some("alice"))
         .await
         .unwrap();
@@ -379,19 +367,7 @@ async fn a_failed_deployment_is_released_and_retried_afresh() {
     let region = Arc::new(FakeRegion::with(&[("aaa111", "node1", &[])]));
     let clock = Arc::new(ManualClock::new(1_000));
     let c = open(&url, dir.path(), provider, region.clone(), clock).await;
-    c.bootstrap(Bootstrap {
-        agent_url: "http://10.0.0.1:5240".into(),
-        bridge: "br0".into(),
-        address_range: "10.0.0.100-10.0.0.110".into(),
-        prefix: 24,
-        gateway: None,
-        dns: vec![],
-        apt_proxy: None,
-        authorized_keys: vec![],
-        controller_id: String::new(),
-    })
-    .await
-    .unwrap();
+    c.bootstrap(bootstrap()).await.unwrap();
     c.add_model("m", Some("metal"), Some("alice"))
         .await
         .unwrap();
@@ -420,4 +396,18 @@ async fn a_failed_deployment_is_released_and_retried_afresh() {
     );
     assert_eq!(instance, None);
     assert_eq!(region.get("aaa111").status, MachineStatus::Ready);
+}
+
+fn bootstrap() -> Bootstrap {
+    Bootstrap {
+        agent_url: "http://10.0.0.1:5240".into(),
+        bridge: "br0".into(),
+        address_range: "10.0.0.100-10.0.0.110".into(),
+        prefix: 24,
+        gateway: None,
+        dns: vec![],
+        apt_proxy: None,
+        authorized_keys: vec![],
+        controller_id: String::new(),
+    }
 }
