@@ -2,43 +2,17 @@
 //! commits survives a restart, and an agent's commit is applied once even
 //! when the agent resends it after the controller restarted.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+mod common;
 
-use async_trait::async_trait;
-use kumo_controller::docs::ProviderKind;
-use kumo_controller::{Controller, ControllerConfig, Provider, ProvisionRequest};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use common::{charm_tar, Recorder};
+use kumo_controller::{Controller, ControllerConfig};
 use kumo_model::orchestra::{Bootstrap, Deploy, Relate};
 use kumo_region::{ManualClock, SecretBox, SeededEntropy};
 use kumo_store::Store;
 use kumo_uniter::{complete, next, HookCommit, HookResult, Operation};
-
-/// Records what it was asked to make; the machines are not real here (the
-/// containers provider is exercised by the orchestration e2e suite).
-#[derive(Default)]
-struct Recorder(Mutex<Vec<ProvisionRequest>>);
-
-#[async_trait]
-impl Provider for Recorder {
-    async fn provision(&self, req: &ProvisionRequest) -> Result<String, String> {
-        self.0.lock().unwrap().push(req.clone());
-        Ok(req.address.clone().unwrap_or_default())
-    }
-    async fn destroy(&self, _: ProviderKind, _: &str) -> Result<(), String> {
-        Ok(())
-    }
-}
-
-fn charm_tar(metadata: &str) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_size(metadata.len() as u64);
-    h.set_mode(0o644);
-    h.set_cksum();
-    b.append_data(&mut h, "metadata.yaml", metadata.as_bytes())
-        .unwrap();
-    b.into_inner().unwrap()
-}
 
 async fn open(store: Store, dir: &std::path::Path, provider: Arc<Recorder>) -> Controller {
     Controller::open(

@@ -6,32 +6,19 @@
 //! allocating another; a miss leaves the machine in error naming the
 //! constraint; `lxd:N` is refused; destroying the model releases.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use common::{charm_tar, Recorder};
 use kumo_controller::docs::ProviderKind;
-use kumo_controller::{
-    Controller, ControllerConfig, MetalBackend, MetalMachine, Provider, ProvisionRequest,
-};
+use kumo_controller::{Controller, ControllerConfig, MetalBackend, MetalMachine};
 use kumo_model::orchestra::{AddMachines, Bootstrap, Deploy};
 use kumo_model::MachineStatus;
 use kumo_region::{ManualClock, SecretBox, SeededEntropy};
 use kumo_store::Store;
-
-#[derive(Default)]
-struct Recorder(Mutex<Vec<ProvisionRequest>>);
-
-#[async_trait]
-impl Provider for Recorder {
-    async fn provision(&self, req: &ProvisionRequest) -> Result<String, String> {
-        self.0.lock().unwrap().push(req.clone());
-        Ok(req.address.clone().unwrap_or_default())
-    }
-    async fn destroy(&self, _: ProviderKind, _: &str) -> Result<(), String> {
-        Ok(())
-    }
-}
 
 /// Region machines with manual tags; allocation by `tags=` only.
 #[derive(Default)]
@@ -140,17 +127,6 @@ impl MetalBackend for FakeRegion {
         });
         Ok(())
     }
-}
-
-fn charm_tar(metadata: &str) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_size(metadata.len() as u64);
-    h.set_mode(0o644);
-    h.set_cksum();
-    b.append_data(&mut h, "metadata.yaml", metadata.as_bytes())
-        .unwrap();
-    b.into_inner().unwrap()
 }
 
 async fn open(

@@ -1,0 +1,35 @@
+//! What the controller's integration tests share.
+
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use kumo_controller::docs::ProviderKind;
+use kumo_controller::{Provider, ProvisionRequest};
+
+/// Records what it was asked to make; the machines are not real here (the
+/// containers provider is exercised by the orchestration e2e suite).
+#[derive(Default)]
+pub struct Recorder(pub Mutex<Vec<ProvisionRequest>>);
+
+#[async_trait]
+impl Provider for Recorder {
+    async fn provision(&self, req: &ProvisionRequest) -> Result<String, String> {
+        self.0.lock().unwrap().push(req.clone());
+        Ok(req.address.clone().unwrap_or_default())
+    }
+    async fn destroy(&self, _: ProviderKind, _: &str) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// A charm archive holding only `metadata.yaml`.
+pub fn charm_tar(metadata: &str) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(metadata.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append_data(&mut h, "metadata.yaml", metadata.as_bytes())
+        .unwrap();
+    b.into_inner().unwrap()
+}
