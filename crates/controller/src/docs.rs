@@ -36,6 +36,11 @@ pub struct ModelDoc {
     pub provider: ProviderKind,
     pub applications: BTreeMap<String, AppDoc>,
     pub relations: BTreeMap<u64, RelationDoc>,
+    /// Removed relations some unit has not yet left (run
+    /// relation-broken for): units still see them, as dying, and may
+    /// still read secrets through them until they have.
+    #[serde(default)]
+    pub dying_relations: BTreeMap<u64, RelationDoc>,
     pub next_machine: u32,
     pub next_relation: u64,
     pub next_action: u64,
@@ -57,6 +62,7 @@ impl ModelDoc {
             provider,
             applications: BTreeMap::new(),
             relations: BTreeMap::new(),
+            dying_relations: BTreeMap::new(),
             next_machine: 0,
             next_relation: 1,
             next_action: 1,

@@ -453,6 +453,7 @@ impl Model {
         for id in ids {
             let r = self.doc.relations.remove(&id).expect("listed");
             self.log(app, Level::Info, format!("relation {} removed", r.key()));
+            self.doc.dying_relations.insert(id, r);
         }
         let units: Vec<String> = self
             .units
@@ -790,8 +791,23 @@ impl Model {
             Level::Info,
             format!("relation {} removed", rel.key()),
         );
+        self.doc.dying_relations.insert(id, rel);
+        self.reap_relations();
         self.reconcile_subordinates();
         Ok(())
+    }
+
+    /// Forgets removed relations that no unit is in any more: every unit
+    /// has run relation-broken for them, or is gone.
+    pub fn reap_relations(&mut self) {
+        let before = self.doc.dying_relations.len();
+        let units = &self.units;
+        self.doc
+            .dying_relations
+            .retain(|id, _| units.values().any(|u| u.state.relations.contains_key(id)));
+        if self.doc.dying_relations.len() != before {
+            self.dirty.model = true;
+        }
     }
 
     // ---- units' agents -----------------------------------------------------
@@ -863,7 +879,9 @@ impl Model {
             .and_then(|m| m.address.clone())
             .unwrap_or_default();
         let mut relations = Vec::new();
-        for rel in self.doc.relations.values() {
+        let live = self.doc.relations.values().map(|r| (r, Life::Alive));
+        let dying = self.doc.dying_relations.values().map(|r| (r, Life::Dying));
+        for (rel, life) in live.chain(dying) {
             let (Some(local), Some(remote)) =
                 (rel.end_of(&unit.application), rel.other(&unit.application))
             else {
@@ -894,7 +912,7 @@ impl Model {
                 endpoint: local.endpoint.clone(),
                 interface: rel.interface.clone(),
                 remote_application: remote.application.clone(),
-                life: Life::Alive,
+                life,
                 remote_units,
                 remote_app: rel
                     .app_data
@@ -1097,6 +1115,7 @@ impl Model {
             self.log(&entity, level, message);
         }
         self.running.remove(&c.unit);
+        self.reap_relations();
         if removed {
             self.units.remove(&c.unit);
             self.log(&entity, Level::Info, format!("unit {} removed", c.unit));
@@ -1133,10 +1152,13 @@ impl Model {
         if owner == u.application {
             return Ok((owner, name, true));
         }
+        // A dying relation still counts: its units' hooks may run until
+        // they have left it.
         let related = self
             .doc
             .relations
             .values()
+            .chain(self.doc.dying_relations.values())
             .any(|r| r.end_of(&u.application).is_some() && r.end_of(&owner).is_some());
         if !related {
             return Err(ControllerError::Unauthorized(format!(

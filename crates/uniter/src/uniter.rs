@@ -197,7 +197,14 @@ pub fn next(view: &UnitView, state: &UniterState) -> Operation {
     if let Some(err) = &state.error {
         if view.resolve.seq > state.resolve_seen {
             return if view.resolve.retry {
-                Operation::Run(err.hook.clone())
+                // A retried config-changed reads today's config, so it
+                // answers for today's digest: no second run after it.
+                match &err.hook {
+                    Hook::ConfigChanged { .. } => Operation::Run(Hook::ConfigChanged {
+                        digest: view.config_digest(),
+                    }),
+                    hook => Operation::Run(hook.clone()),
+                }
             } else {
                 Operation::Skip(err.hook.clone())
             };

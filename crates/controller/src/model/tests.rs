@@ -335,3 +335,41 @@ fn refresh_keeps_what_the_model_uses() {
     m.refresh("web", &c["sha-web"].clone(), "sha-web2").unwrap();
     assert_eq!(m.doc.applications["web"].charm.sha256, "sha-web2");
 }
+
+#[test]
+fn a_removed_relation_stays_dying_until_its_units_have_left_it() {
+    let c = charms();
+    let mut m = model();
+    m.relate(&c, "web", "mariadb").unwrap();
+    settle(&mut m, &c, &|_, _| BTreeMap::new());
+    m.remove_relation(&c, "web", "mariadb").unwrap();
+    // Hooks that still see the relation may read the other side's
+    // secrets through it, and see it dying.
+    assert!(m.secret_access("web/0", "mariadb/db-password").is_ok());
+    let web = m.units["web/0"].clone();
+    let view = m.unit_view(&c, &web).unwrap();
+    assert_eq!(view.relations.len(), 1);
+    assert_eq!(view.relations[0].life, Life::Dying);
+    assert!(m.status(&c, 1).relations.is_empty());
+    let ran = settle(&mut m, &c, &|_, _| BTreeMap::new());
+    assert!(
+        ran.contains(&"web/0 db-relation-broken".to_string()),
+        "{ran:?}"
+    );
+    assert!(
+        ran.contains(&"mariadb/0 db-relation-broken".to_string()),
+        "{ran:?}"
+    );
+    // Once every unit has left, the relation and its grant are gone.
+    assert!(m.doc.dying_relations.is_empty());
+    assert_eq!(
+        m.secret_access("web/0", "mariadb/db-password")
+            .unwrap_err()
+            .code(),
+        "unauthorized"
+    );
+    // Relating again makes a new relation.
+    m.relate(&c, "web", "mariadb").unwrap();
+    settle(&mut m, &c, &|_, _| BTreeMap::new());
+    assert_eq!(m.status(&c, 1).relations.len(), 1);
+}

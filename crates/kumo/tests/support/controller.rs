@@ -238,10 +238,24 @@ impl ControllerLab {
             if f(&s) {
                 return start.elapsed();
             }
-            assert!(
-                start.elapsed() < Duration::from_secs(secs),
-                "timed out after {secs} s waiting for {what}: {s:#}"
-            );
+            if start.elapsed() >= Duration::from_secs(secs) {
+                // A failed hook's output is what explains a timeout.
+                let failures: String = s["units"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(_, u)| u["workload"] == "error")
+                    .map(|(name, _)| {
+                        let out = self.kumo(&["show-unit", "-m", model, name]);
+                        format!(
+                            "--- kumo show-unit {name}:\n{}{}\n",
+                            String::from_utf8_lossy(&out.stdout),
+                            String::from_utf8_lossy(&out.stderr)
+                        )
+                    })
+                    .collect();
+                panic!("timed out after {secs} s waiting for {what}: {s:#}\n{failures}");
+            }
             std::thread::sleep(Duration::from_millis(500));
         }
     }

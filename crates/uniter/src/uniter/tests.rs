@@ -148,6 +148,30 @@ fn a_failed_hook_blocks_until_resolved_and_retry_reruns_it() {
 }
 
 #[test]
+fn a_retried_config_changed_is_not_run_again_for_config_changed_while_in_error() {
+    let mut v = view();
+    let mut s = UniterState::default();
+    settle(&v, &mut s);
+    v.config.insert("port".into(), serde_json::json!(70000));
+    let Operation::Run(bad) = next(&v, &s) else {
+        panic!()
+    };
+    let failed = fail(&s, &bad, "invalid port", 0);
+    // The operator fixes the config, then resolves.
+    v.config.insert("port".into(), serde_json::json!(8081));
+    v.resolve = Resolve {
+        seq: 1,
+        retry: true,
+    };
+    let Operation::Run(retry) = next(&v, &failed) else {
+        panic!()
+    };
+    assert_eq!(retry.name(), "config-changed");
+    let done = complete(&failed, &retry, 1);
+    assert_eq!(next(&v, &done), Operation::Idle);
+}
+
+#[test]
 fn a_dying_unit_leaves_relations_then_stops_and_is_removed() {
     let mut v = view();
     v.relations.push(relation(1, &[("mariadb/0", 0)]));
