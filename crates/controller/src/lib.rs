@@ -1476,11 +1476,12 @@ impl Controller {
         boot: &api::Bootstrap,
     ) -> std::result::Result<MetalStep, String> {
         use kumo_model::MachineStatus as S;
-        let owner = self
-            .read_model(model, |m, _, _| Ok(m.doc.owner.clone()))
+        let (owner, created_at) = self
+            .read_model(model, |m, _, _| Ok((m.doc.owner.clone(), m.doc.created_at)))
             .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("model {model} has no owner to allocate machines to"))?;
+            .map_err(|e| e.to_string())?;
+        let owner =
+            owner.ok_or_else(|| format!("model {model} has no owner to allocate machines to"))?;
         // The region machine recorded earlier, while it is still this
         // model's: allocated, deploying, deployed or failed deploying.
         let recorded = match &mach.instance {
@@ -1497,8 +1498,13 @@ impl Controller {
             Some(r) => r,
             None => {
                 let constraints = mach.constraints.clone().unwrap_or_default();
+                // Named for this model machine, so an allocation whose
+                // answer was lost (a crash, a dropped connection) is
+                // found again rather than a second machine taken.
+                let agent_name =
+                    provider::metal_agent_name(&boot.controller_id, model, created_at, &mach.id);
                 let r = backend
-                    .allocate(&owner, &constraints)
+                    .allocate(&owner, &constraints, &agent_name)
                     .await
                     .map_err(|e| format!("allocating a region machine: {e}"))?;
                 let noted = self

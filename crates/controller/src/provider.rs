@@ -56,9 +56,15 @@ pub struct MetalMachine {
 #[async_trait]
 pub trait MetalBackend: Send + Sync {
     /// Allocates a Ready machine matching `constraints` (Juju syntax,
-    /// empty for any) to `owner`. A miss says which constraint ruled out
-    /// how many machines.
-    async fn allocate(&self, owner: &str, constraints: &str) -> Result<MetalMachine, String>;
+    /// empty for any) to `owner`, under `agent_name`; the machine `owner`
+    /// already holds under that name if there is one. A miss says which
+    /// constraint ruled out how many machines.
+    async fn allocate(
+        &self,
+        owner: &str,
+        constraints: &str,
+        agent_name: &str,
+    ) -> Result<MetalMachine, String>;
     /// Starts deploying an allocated machine with the region's default
     /// image; the first boot lets in `owner`'s SSH keys.
     async fn deploy(&self, owner: &str, system_id: &str) -> Result<MetalMachine, String>;
@@ -88,6 +94,13 @@ pub fn instance_name(controller: &str, model: &str, machine: &str) -> String {
     let mut name = format!("k{controller}-{model}-{}", machine.replace('/', "-"));
     name.truncate(60);
     name
+}
+
+/// The agent name a model machine's region machine is allocated under:
+/// unique to the controller, the model (a model made again under the same
+/// name is another) and the machine.
+pub fn metal_agent_name(controller: &str, model: &str, created_at: i64, machine: &str) -> String {
+    format!("kumo:{controller}/{model}@{created_at}/{machine}")
 }
 
 /// `10.0.0.100-10.0.0.199`.

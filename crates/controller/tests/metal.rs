@@ -24,7 +24,11 @@ use kumo_store::Store;
 #[derive(Default)]
 struct FakeRegion {
     machines: Mutex<Vec<(MetalMachine, Vec<String>)>>,
+    /// System id → the agent name it was allocated under.
+    agent_names: Mutex<BTreeMap<String, String>>,
     calls: Mutex<Vec<String>>,
+    /// The next allocation is made, but its answer is lost on the way.
+    lose_next_answer: Mutex<bool>,
 }
 
 impl FakeRegion {
@@ -67,33 +71,38 @@ impl FakeRegion {
 
 #[async_trait]
 impl MetalBackend for FakeRegion {
-    async fn allocate(&self, owner: &str, constraints: &str) -> Result<MetalMachine, String> {
+    async fn allocate(
+        &self,
+        owner: &str,
+        constraints: &str,
+        agent_name: &str,
+    ) -> Result<MetalMachine, String> {
         self.calls
             .lock()
             .unwrap()
             .push(format!("allocate {owner} {constraints}"));
-        let wanted: Vec<&str> = constraints
-            .split_whitespace()
-            .filter_map(|c| c.strip_prefix("tags="))
-            .flat_map(|t| t.split(','))
-            .collect();
-        let mut ms = self.machines.lock().unwrap();
-        let ready = ms
+        let held = self
+            .agent_names
+            .lock()
+            .unwrap()
             .iter()
-            .filter(|(m, _)| m.status == MachineStatus::Ready)
-            .count();
-        match ms.iter_mut().find(|(m, tags)| {
-            m.status == MachineStatus::Ready && wanted.iter().all(|w| tags.iter().any(|t| t == w))
-        }) {
-            Some((m, _)) => {
-                m.status = MachineStatus::Allocated;
-                m.owner = Some(owner.to_string());
-                Ok(m.clone())
-            }
-            None => Err(format!(
-                "no ready machine matches {constraints:?}: tags ruled out {ready}"
-            )),
+            .find(|(_, name)| *name == agent_name)
+            .map(|(id, _)| self.get(id))
+            .filter(|m| m.owner.as_deref() == Some(owner));
+        if let Some(m) = held {
+            return Ok(m);
         }
+        let answer = self.allocate_ready(owner, constraints);
+        if let Ok(m) = &answer {
+            self.agent_names
+                .lock()
+                .unwrap()
+                .insert(m.system_id.clone(), agent_name.to_string());
+            if std::mem::take(&mut *self.lose_next_answer.lock().unwrap()) {
+                return Err("connection reset by peer".into());
+            }
+        }
+        answer
     }
 
     async fn deploy(&self, owner: &str, system_id: &str) -> Result<MetalMachine, String> {
@@ -125,7 +134,35 @@ impl MetalBackend for FakeRegion {
                 m.addresses.clear();
             }
         });
+        self.agent_names.lock().unwrap().remove(system_id);
         Ok(())
+    }
+}
+
+impl FakeRegion {
+    fn allocate_ready(&self, owner: &str, constraints: &str) -> Result<MetalMachine, String> {
+        let wanted: Vec<&str> = constraints
+            .split_whitespace()
+            .filter_map(|c| c.strip_prefix("tags="))
+            .flat_map(|t| t.split(','))
+            .collect();
+        let mut ms = self.machines.lock().unwrap();
+        let ready = ms
+            .iter()
+            .filter(|(m, _)| m.status == MachineStatus::Ready)
+            .count();
+        match ms.iter_mut().find(|(m, tags)| {
+            m.status == MachineStatus::Ready && wanted.iter().all(|w| tags.iter().any(|t| t == w))
+        }) {
+            Some((m, _)) => {
+                m.status = MachineStatus::Allocated;
+                m.owner = Some(owner.to_string());
+                Ok(m.clone())
+            }
+            None => Err(format!(
+                "no ready machine matches {constraints:?}: tags ruled out {ready}"
+            )),
+        }
     }
 }
 
@@ -372,6 +409,48 @@ async fn a_failed_deployment_is_released_and_retried_afresh() {
     );
     assert_eq!(instance, None);
     assert_eq!(region.get("aaa111").status, MachineStatus::Ready);
+}
+
+#[tokio::test]
+async fn an_allocation_whose_answer_was_lost_is_found_again_not_doubled() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("kumo.db").display());
+    let region = Arc::new(FakeRegion::with(&[
+        ("aaa111", "node1", &[]),
+        ("bbb222", "node2", &[]),
+    ]));
+    *region.lose_next_answer.lock().unwrap() = true;
+    let clock = Arc::new(ManualClock::new(1_000));
+    let provider = Arc::new(Recorder::default());
+    let c = open(&url, dir.path(), provider, region.clone(), clock.clone()).await;
+    c.bootstrap(bootstrap()).await.unwrap();
+    c.add_model("m", Some("metal"), Some("alice"))
+        .await
+        .unwrap();
+    c.add_machines(
+        "m",
+        &AddMachines {
+            placement: None,
+            count: 1,
+            constraints: None,
+        },
+    )
+    .await
+    .unwrap();
+    c.provision_pending().await.unwrap();
+    let (state, message, _) = machine(&c.status("m").await.unwrap(), "0");
+    assert_eq!(state, "error");
+    assert!(message.contains("connection reset"), "{message}");
+    assert_eq!(region.get("aaa111").status, MachineStatus::Allocated);
+    // After the back-off, asking again under the same name finds the
+    // machine the lost answer was about.
+    clock.advance(60_000);
+    c.provision_pending().await.unwrap();
+    let (state, _, instance) = machine(&c.status("m").await.unwrap(), "0");
+    assert_eq!(state, "provisioning");
+    assert_eq!(instance.as_deref(), Some("aaa111"));
+    assert_eq!(region.get("bbb222").status, MachineStatus::Ready);
+    assert_eq!(region.get("bbb222").owner, None);
 }
 
 fn bootstrap() -> Bootstrap {

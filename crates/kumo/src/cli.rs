@@ -459,6 +459,10 @@ pub enum MachineCommand {
         /// e.g. "tags=compute,ssd not_tags=gpu cores=4 mem=8G arch=amd64 zone=z pool=p".
         #[arg(long, short = 'c', default_value = "")]
         constraints: String,
+        /// What the machine is for; asking again with the same name gives
+        /// back the machine you already hold by it (a script safe to rerun).
+        #[arg(long)]
+        agent_name: Option<String>,
     },
     /// Install an operating system on the machine.
     Deploy {
@@ -1105,8 +1109,12 @@ async fn machines(c: &Client, format: Format, cmd: MachineCommand) -> Result<()>
         MachineCommand::Allocate {
             machine: None,
             constraints,
+            agent_name,
         } => {
-            let body = serde_json::to_value(AllocateRequest { constraints })?;
+            let body = serde_json::to_value(AllocateRequest {
+                constraints,
+                agent_name,
+            })?;
             show_machine(c, format, "/api/v1/machines/allocate", Some(&body)).await
         }
         MachineCommand::Release { machine, erase } => {

@@ -222,9 +222,11 @@ impl kumo_controller::MetalBackend for RegionMachines {
         &self,
         owner: &str,
         constraints: &str,
+        agent_name: &str,
     ) -> Result<kumo_controller::MetalMachine, String> {
         let req = kumo_model::api::AllocateRequest {
             constraints: constraints.to_string(),
+            agent_name: Some(agent_name.to_string()),
         };
         let m = self
             .0

@@ -92,6 +92,11 @@ pub struct AllocateRequest {
     /// Juju-style constraint string, e.g. `tags=compute cores=4`.
     #[serde(default)]
     pub constraints: String,
+    /// Names what the machine is for (MAAS's agent_name). Asking again
+    /// with the same name returns the machine the owner already has by
+    /// that name, so a retried or crashed caller never takes two.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_name: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -232,6 +232,7 @@ mod tests {
             previous_status: None,
             status_message: String::new(),
             owner: None,
+            agent_name: None,
             commissioned: true,
             erase: EraseMode::None,
             macs: vec![],

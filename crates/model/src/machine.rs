@@ -46,6 +46,12 @@ pub struct Machine {
     /// The latest progress or failure message, shown beside the status.
     pub status_message: String,
     pub owner: Option<String>,
+    /// Who, on the owner's behalf, allocated the machine (MAAS's
+    /// agent_name): a controller names the model machine it allocates
+    /// for, so asking again after a crash finds it instead of taking
+    /// another. Cleared with the owner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_name: Option<String>,
     pub commissioned: bool,
     pub erase: EraseMode,
     pub macs: Vec<MacAddress>,
@@ -92,6 +98,9 @@ impl Machine {
         self.status = st.status;
         self.previous_status = st.previous_status;
         self.owner = st.owner;
+        if self.owner.is_none() {
+            self.agent_name = None;
+        }
         self.commissioned = st.commissioned;
         self.erase = st.erase;
     }

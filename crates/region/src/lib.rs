@@ -543,6 +543,7 @@ impl Region {
             previous_status: None,
             status_message: String::new(),
             owner: None,
+            agent_name: None,
             commissioned: false,
             erase: EraseMode::None,
             macs,
@@ -1023,6 +1024,34 @@ impl Region {
         req: AllocateRequest,
     ) -> Result<Machine, RegionError> {
         let constraints = Constraints::parse(&req.constraints)?;
+        if let Some(name) = &req.agent_name {
+            if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
+                return Err(RegionError::Invalid {
+                    field: "agent_name".into(),
+                    reason: "1 to 255 printable characters".into(),
+                });
+            }
+            // Asked before: the machine this owner already holds by that name.
+            let held = MachineQuery {
+                owner: Some(actor.username.clone()),
+                statuses: vec![
+                    MachineStatus::Allocated,
+                    MachineStatus::Deploying,
+                    MachineStatus::Deployed,
+                    MachineStatus::FailedDeployment,
+                ],
+                ..Default::default()
+            };
+            if let Some(m) = self
+                .store()
+                .list_machines(&held)
+                .await?
+                .into_iter()
+                .find(|m| m.agent_name.as_deref() == Some(name.as_str()))
+            {
+                return Ok(m);
+            }
+        }
         // Let the database narrow the field (Ready, carrying the tags); only
         // a miss reads every machine, to say which constraint ruled out how many.
         let narrowed = MachineQuery {
@@ -1040,13 +1069,14 @@ impl Region {
                 }
             };
             match self
-                .transition(
+                .transition_with(
                     actor,
                     &pick,
                     Action::Allocate {
                         owner: actor.username.clone(),
                     },
                     |m| Ok(m.status == MachineStatus::Ready),
+                    |m| m.agent_name = req.agent_name.clone(),
                 )
                 .await?
             {
@@ -1513,6 +1543,7 @@ impl Region {
             previous_status: None,
             status_message: String::new(),
             owner: None,
+            agent_name: None,
             commissioned: false,
             erase: EraseMode::None,
             macs,

@@ -239,6 +239,7 @@ async fn a_machine_walks_the_whole_lifecycle_with_real_power() {
             &admin(),
             AllocateRequest {
                 constraints: "tags=big cores=4".into(),
+                ..Default::default()
             },
         )
         .await
@@ -680,6 +681,7 @@ async fn allocation_explains_what_ruled_machines_out() {
             &admin(),
             AllocateRequest {
                 constraints: "tags=compute cores=8".into(),
+                ..Default::default()
             },
         )
         .await
@@ -697,6 +699,7 @@ async fn allocation_explains_what_ruled_machines_out() {
             &admin(),
             AllocateRequest {
                 constraints: "cores=lots".into(),
+                ..Default::default()
             },
         )
         .await
@@ -707,6 +710,7 @@ async fn allocation_explains_what_ruled_machines_out() {
             &admin(),
             AllocateRequest {
                 constraints: "tags=compute".into(),
+                ..Default::default()
             },
         )
         .await
@@ -716,12 +720,46 @@ async fn allocation_explains_what_ruled_machines_out() {
         r.allocate(
             &admin(),
             AllocateRequest {
-                constraints: "tags=compute".into()
+                constraints: "tags=compute".into(),
+                ..Default::default()
             }
         )
         .await,
         Err(RegionError::Model(ModelError::NoMachineMatches { .. }))
     ));
+
+    // An agent name makes allocation safe to repeat: a caller that
+    // crashed before noting what it got asks again and gets the same one.
+    let named = |name: &str| AllocateRequest {
+        constraints: String::new(),
+        agent_name: Some(name.into()),
+    };
+    let first = r.allocate(&admin(), named("kumo/m/0")).await.unwrap();
+    assert_eq!(first.hostname.as_str(), "n2");
+    assert_eq!(first.agent_name.as_deref(), Some("kumo/m/0"));
+    let again = r.allocate(&admin(), named("kumo/m/0")).await.unwrap();
+    assert_eq!(again.system_id, first.system_id);
+    assert!(matches!(
+        r.allocate(&admin(), named("kumo/m/1")).await,
+        Err(RegionError::Model(ModelError::NoMachineMatches { .. }))
+    ));
+    // Another owner's request of the same name is not answered with it.
+    let other = Actor {
+        username: "bob".into(),
+        admin: false,
+    };
+    assert!(r.allocate(&other, named("kumo/m/0")).await.is_err());
+    assert_eq!(
+        r.allocate(&admin(), named("")).await.unwrap_err().code(),
+        "invalid_field"
+    );
+    // Released, the machine forgets the name with its owner.
+    r.machine_action(&admin(), "n2", "release", ActionOptions::default())
+        .await
+        .unwrap();
+    r.drain_power_jobs().await.unwrap();
+    let m = r.machine("n2").await.unwrap();
+    assert_eq!((m.status, m.agent_name), (MachineStatus::Ready, None));
 }
 
 /// Two region processes share one PostgreSQL database; actions fired at the

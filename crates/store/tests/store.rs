@@ -17,6 +17,7 @@ fn machine(id: [u8; 6], hostname: &str, mac: &str) -> Machine {
         previous_status: None,
         status_message: String::new(),
         owner: None,
+        agent_name: None,
         commissioned: false,
         erase: EraseMode::None,
         macs: vec![mac.parse().unwrap()],
