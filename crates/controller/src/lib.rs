@@ -1223,9 +1223,31 @@ impl Controller {
 
     /// Makes pending machines and retries failed ones, until `stop`.
     pub async fn run_provisioner(self, mut stop: watch::Receiver<bool>) {
+        // Machines whose provisioning runs now: a slow one (a container's
+        // first boot, an agent copied over SSH, a deployment waited on)
+        // holds up no other, and none is started twice.
+        let inflight: Arc<std::sync::Mutex<std::collections::BTreeSet<(String, String)>>> =
+            Arc::default();
         loop {
-            if let Err(e) = self.provision_pending().await {
-                tracing::warn!("provisioner: {e}");
+            match self.prepare_pending().await {
+                Ok(jobs) => {
+                    for job in jobs {
+                        let key = (job.model.clone(), job.machine.id.clone());
+                        if !inflight.lock().expect("lock").insert(key.clone()) {
+                            continue;
+                        }
+                        let (c, inflight) = (self.clone(), inflight.clone());
+                        tokio::spawn(async move {
+                            if let Err(e) = c.execute(job).await {
+                                tracing::warn!("provisioner: {e}");
+                            }
+                            inflight.lock().expect("lock").remove(&key);
+                            // What it did may let the next pass go on.
+                            c.inner.provision.notify_one();
+                        });
+                    }
+                }
+                Err(e) => tracing::warn!("provisioner: {e}"),
             }
             tokio::select! {
                 _ = self.inner.provision.notified() => {}
@@ -1235,11 +1257,21 @@ impl Controller {
         }
     }
 
-    /// One pass: every machine not yet made gets an address and an agent
-    /// token and is handed to the provider (which is idempotent).
+    /// One pass, done when every machine in it is: every machine not yet
+    /// made gets an address and an agent token and is handed to the
+    /// provider (which is idempotent), all at once.
     pub async fn provision_pending(&self) -> Result<()> {
+        let jobs = self.prepare_pending().await?;
+        let results =
+            futures_util::future::join_all(jobs.into_iter().map(|j| self.execute(j))).await;
+        results.into_iter().collect()
+    }
+
+    /// The machines owed work, each made ready for its provider. Runs in
+    /// one task at a time, so two machines never pick one address.
+    async fn prepare_pending(&self) -> Result<Vec<ProvisionJob>> {
         let Some(boot) = self.bootstrap_config() else {
-            return Ok(());
+            return Ok(vec![]);
         };
         let work: Vec<(String, ProviderKind, MachineDoc)> = {
             let models = self.inner.models.lock().await;
@@ -1270,9 +1302,15 @@ impl Controller {
                 })
                 .collect()
         };
+        let mut jobs = Vec::new();
         for (model, kind, mach) in work {
             if kind == ProviderKind::Metal {
-                self.provision_metal(&model, &mach, &boot).await?;
+                jobs.push(ProvisionJob {
+                    model,
+                    machine: mach,
+                    boot: boot.clone(),
+                    request: None,
+                });
                 continue;
             }
             // A fresh token per attempt: only the hash is stored.
@@ -1298,10 +1336,24 @@ impl Controller {
                     };
                     match mach.address.clone() {
                         Some(a) => Some(a),
-                        None => Some(
-                            provider::pick_address(&boot.address_range, &used)
-                                .map_err(ControllerError::Provider)?,
-                        ),
+                        None => match provider::pick_address(&boot.address_range, &used) {
+                            Ok(a) => Some(a),
+                            // This machine fails; the others go on.
+                            Err(e) => {
+                                self.note_attempt(&model, &mach.id, false);
+                                self.with_model(&model, |m, _, _| {
+                                    if let Some(x) = m.machines.get_mut(&mach.id) {
+                                        x.state = MachineState::Error;
+                                        x.message = e.clone();
+                                        m.dirty.machines.insert(mach.id.clone());
+                                        m.log(&machine_entity(&mach.id), Level::Error, e.clone());
+                                    }
+                                    Ok(())
+                                })
+                                .await?;
+                                continue;
+                            }
+                        },
                     }
                 }
                 ProviderKind::Manual | ProviderKind::Metal => None,
@@ -1318,7 +1370,7 @@ impl Controller {
                 Ok(())
             })
             .await?;
-            let req = ProvisionRequest {
+            let request = ProvisionRequest {
                 kind,
                 instance: instance.clone(),
                 hostname: instance.clone(),
@@ -1332,42 +1384,73 @@ impl Controller {
                 },
                 bootstrap: boot.clone(),
             };
-            tracing::info!(model, machine = mach.id, instance, "provisioning machine");
-            let result = self.inner.provider.provision(&req).await;
-            self.note_attempt(&model, &mach.id, result.is_ok());
-            self.with_model(&model, |m, _, _| {
-                if let Some(x) = m.machines.get_mut(&mach.id) {
-                    match &result {
-                        Ok(addr) => {
-                            if x.state == MachineState::Provisioning {
-                                x.message = "waiting for the agent".into();
-                            }
-                            x.address = Some(addr.clone());
-                        }
-                        Err(e) => {
-                            x.state = MachineState::Error;
-                            x.message = e.clone();
-                        }
-                    }
-                    m.dirty.machines.insert(mach.id.clone());
-                    let (level, text) = match &result {
-                        Ok(_) => (
-                            Level::Info,
-                            format!("machine {} provisioned as {instance}", mach.id),
-                        ),
-                        Err(e) => (
-                            Level::Error,
-                            format!("provisioning machine {} failed: {e}", mach.id),
-                        ),
-                    };
-                    m.log(&machine_entity(&mach.id), level, text);
-                }
-                Ok(())
-            })
-            .await?;
+            jobs.push(ProvisionJob {
+                model,
+                machine: mach,
+                boot: boot.clone(),
+                request: Some(request),
+            });
         }
+        Ok(jobs)
+    }
+
+    /// Hands one prepared machine to its provider and records the outcome.
+    async fn execute(&self, job: ProvisionJob) -> Result<()> {
+        let ProvisionJob {
+            model,
+            machine: mach,
+            boot,
+            request,
+        } = job;
+        let Some(req) = request else {
+            return self.provision_metal(&model, &mach, &boot).await;
+        };
+        let instance = req.instance.clone();
+        tracing::info!(model, machine = mach.id, instance, "provisioning machine");
+        let result = self.inner.provider.provision(&req).await;
+        self.note_attempt(&model, &mach.id, result.is_ok());
+        self.with_model(&model, |m, _, _| {
+            if let Some(x) = m.machines.get_mut(&mach.id) {
+                match &result {
+                    Ok(addr) => {
+                        if x.state == MachineState::Provisioning {
+                            x.message = "waiting for the agent".into();
+                        }
+                        x.address = Some(addr.clone());
+                    }
+                    Err(e) => {
+                        x.state = MachineState::Error;
+                        x.message = e.clone();
+                    }
+                }
+                m.dirty.machines.insert(mach.id.clone());
+                let (level, text) = match &result {
+                    Ok(_) => (
+                        Level::Info,
+                        format!("machine {} provisioned as {instance}", mach.id),
+                    ),
+                    Err(e) => (
+                        Level::Error,
+                        format!("provisioning machine {} failed: {e}", mach.id),
+                    ),
+                };
+                m.log(&machine_entity(&mach.id), level, text);
+            }
+            Ok(())
+        })
+        .await?;
         Ok(())
     }
+}
+
+/// A machine made ready for its provider: for containers and manual
+/// machines, the request (address and token chosen and recorded); metal
+/// machines take a step of their own.
+struct ProvisionJob {
+    model: String,
+    machine: MachineDoc,
+    boot: api::Bootstrap,
+    request: Option<ProvisionRequest>,
 }
 
 /// Where a metal machine's provisioning got to in one pass.
