@@ -343,59 +343,80 @@ impl ContainersProvider {
         args: Vec<String>,
         stdin: Option<Vec<u8>>,
     ) -> Result<(), String> {
-        use tokio::io::AsyncWriteExt;
-        let known_hosts = &target.known_hosts;
-        if let Some(dir) = known_hosts.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let target = target.target.as_str();
-        let mut cmd = tokio::process::Command::new("ssh");
-        cmd.args([
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=accept-new",
-            "-o",
-            "ConnectTimeout=10",
-        ])
-        .arg("-o")
-        .arg(format!("UserKnownHostsFile={}", known_hosts.display()));
         let lab_key = self
             .data_dir()
             .map(|d| d.join("lab/id_ed25519"))
             .filter(|k| k.exists());
-        if let Ok(key) = std::env::var("KUMO_SSH_KEY") {
-            cmd.args(["-i", &key]);
-        } else if let Some(key) = lab_key {
-            cmd.arg("-i").arg(key);
-        }
-        cmd.arg(target)
-            .args(&args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let mut child = cmd.spawn().map_err(|e| format!("ssh: {e}"))?;
-        let mut input = child.stdin.take().expect("piped");
-        if let Some(data) = stdin {
-            input
-                .write_all(&data)
-                .await
-                .map_err(|e| format!("ssh {target}: {e}"))?;
-        }
-        drop(input);
-        let out = child
-            .wait_with_output()
+        let key = std::env::var_os("KUMO_SSH_KEY")
+            .map(PathBuf::from)
+            .or(lab_key);
+        ssh_exec(
+            &target.target,
+            &target.known_hosts,
+            key.as_deref(),
+            &args,
+            stdin,
+        )
+        .await
+        .map(drop)
+    }
+}
+
+/// Runs `args` on `target` (`user@host`) over SSH without prompting:
+/// `key` if given, a new host's key trusted and kept in `known_hosts`, a
+/// changed one refused. Returns what the command printed on stdout; a
+/// failure carries its stderr.
+pub async fn ssh_exec(
+    target: &str,
+    known_hosts: &std::path::Path,
+    key: Option<&std::path::Path>,
+    args: &[String],
+    stdin: Option<Vec<u8>>,
+) -> Result<Vec<u8>, String> {
+    use tokio::io::AsyncWriteExt;
+    if let Some(dir) = known_hosts.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let mut cmd = tokio::process::Command::new("ssh");
+    cmd.args([
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=accept-new",
+        "-o",
+        "ConnectTimeout=10",
+    ])
+    .arg("-o")
+    .arg(format!("UserKnownHostsFile={}", known_hosts.display()));
+    if let Some(key) = key {
+        cmd.arg("-i").arg(key);
+    }
+    cmd.arg(target)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| format!("ssh: {e}"))?;
+    let mut input = child.stdin.take().expect("piped");
+    if let Some(data) = stdin {
+        input
+            .write_all(&data)
             .await
             .map_err(|e| format!("ssh {target}: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "ssh {target} {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(())
     }
+    drop(input);
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| format!("ssh {target}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "ssh {target} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(out.stdout)
 }
 
 struct SshTarget {

@@ -359,6 +359,11 @@ pub struct InitArgs {
     /// Do not save a CLI profile.
     #[arg(long)]
     pub no_login: bool,
+    /// Print the admin's API key and nothing else (no profile is saved,
+    /// the generated password is not shown): for `kumo bootstrap --to`,
+    /// which runs this on the controller's host.
+    #[arg(long, hide = true)]
+    pub key_only: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -852,6 +857,13 @@ pub async fn run_client_command(cmd: Command, profile: Option<&str>, format: For
         }
         _ => {}
     }
+    // A controller on a host of its own needs no profile yet: it makes one.
+    let cmd = match cmd {
+        Command::Models(crate::cli_models::ModelCommand::Bootstrap(a)) if a.to.is_some() => {
+            return crate::bootstrap_host::bootstrap_on_host(a).await;
+        }
+        cmd => cmd,
+    };
     let (prof_name, prof) = Profiles::load()?.pick(profile)?;
     let c = Client::new(&prof.url, Some(prof.key));
     match cmd {

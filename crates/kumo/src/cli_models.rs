@@ -269,9 +269,23 @@ pub enum ModelCommand {
 
 #[derive(Args, Debug)]
 pub struct BootstrapArgs {
-    /// Where machine agents reach the controller, e.g. http://10.248.0.1:5240.
+    /// Run the controller on this host instead of in the region process:
+    /// `ssh:USER@HOST` (root, or a user with password-less sudo). kumo is
+    /// installed there as the `kumo-controller` service with a database of
+    /// its own, and a profile for it is saved and made current.
+    #[arg(long, value_name = "ssh:USER@HOST")]
+    pub to: Option<String>,
+    /// With --to: the name of the profile saved for the controller
+    /// [default: controller-HOST].
+    #[arg(long, requires = "to")]
+    pub name: Option<String>,
+    /// With --to: the port the controller listens on.
+    #[arg(long, default_value_t = 5240, requires = "to")]
+    pub port: u16,
+    /// Where machine agents reach the controller, e.g. http://10.248.0.1:5240
+    /// [default with --to: http://HOST:PORT].
     #[arg(long)]
-    pub agent_url: String,
+    pub agent_url: Option<String>,
     /// The Linux bridge container machines are attached to.
     #[arg(long)]
     pub bridge: String,
@@ -736,36 +750,12 @@ fn yaml_unless_json<T: serde::Serialize>(format: Format, v: &T) -> Result<()> {
 // ---- bootstrap ----------------------------------------------------------------
 
 async fn bootstrap(c: &Client, profile: &str, a: BootstrapArgs) -> Result<()> {
-    let key_files = if a.authorized_keys.is_empty() {
-        let home = std::env::var("HOME").map(PathBuf::from).unwrap_or_default();
-        [
-            crate::config::default_data_dir().join("lab/id_ed25519.pub"),
-            home.join(".ssh/id_ed25519.pub"),
-            home.join(".ssh/id_rsa.pub"),
-        ]
-        .into_iter()
-        .filter(|p| p.is_file())
-        .collect()
-    } else {
-        a.authorized_keys
+    let Some(agent_url) = a.agent_url.clone() else {
+        bail!("--agent-url is required: where machine agents reach this region's controller, e.g. http://10.248.0.1:5240");
     };
-    let mut keys = Vec::new();
-    for f in &key_files {
-        let text =
-            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
-        let before = keys.len();
-        keys.extend(
-            text.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(str::to_owned),
-        );
-        if keys.len() == before {
-            bail!("{}: no public key in it", f.display());
-        }
-    }
+    let (keys, key_files) = authorized_keys(&a.authorized_keys)?;
     let b = Bootstrap {
-        agent_url: a.agent_url,
+        agent_url,
         bridge: a.bridge,
         address_range: a.address_range,
         prefix: a.prefix,
@@ -778,6 +768,13 @@ async fn bootstrap(c: &Client, profile: &str, a: BootstrapArgs) -> Result<()> {
     let _: Value = c.put("/api/v1/controller", &b).await?;
     set_current_model(profile, Some("default"))?;
     println!("bootstrapped the controller in the region at {}", c.base());
+    print_bootstrap(&b, &key_files);
+    println!("current model: default (profile {profile})");
+    Ok(())
+}
+
+/// What `bootstrap` set, as the operator reads it back.
+pub(crate) fn print_bootstrap(b: &Bootstrap, key_files: &[PathBuf]) {
     println!("  agents reach it at {}", b.agent_url);
     println!(
         "  container machines go on bridge {} with addresses {}/{}",
@@ -805,8 +802,40 @@ async fn bootstrap(c: &Client, profile: &str, a: BootstrapArgs) -> Result<()> {
                 .join(", ")
         );
     }
-    println!("current model: default (profile {profile})");
-    Ok(())
+}
+
+/// The public keys in `files` [default: the lab's and the user's own,
+/// those that exist], and the files they came from.
+pub(crate) fn authorized_keys(files: &[PathBuf]) -> Result<(Vec<String>, Vec<PathBuf>)> {
+    let key_files: Vec<PathBuf> = if files.is_empty() {
+        let home = std::env::var("HOME").map(PathBuf::from).unwrap_or_default();
+        [
+            crate::config::default_data_dir().join("lab/id_ed25519.pub"),
+            home.join(".ssh/id_ed25519.pub"),
+            home.join(".ssh/id_rsa.pub"),
+        ]
+        .into_iter()
+        .filter(|p| p.is_file())
+        .collect()
+    } else {
+        files.to_vec()
+    };
+    let mut keys = Vec::new();
+    for f in &key_files {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        let before = keys.len();
+        keys.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_owned),
+        );
+        if keys.len() == before {
+            bail!("{}: no public key in it", f.display());
+        }
+    }
+    Ok((keys, key_files))
 }
 
 // ---- charms and deploying --------------------------------------------------------

@@ -633,6 +633,7 @@ async fn ensure_region_dir(paths: &Paths, listen: Option<&str>) -> Result<()> {
         password: None,
         profile: PROFILE.into(),
         no_login: false,
+        key_only: false,
     })
     .await
     .map(drop)

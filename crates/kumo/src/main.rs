@@ -2,6 +2,7 @@
 //! library crates. Every role (CLI, region, and later rack, controller and
 //! agent) is a subcommand, so one file copied to a machine is all of kumo.
 
+mod bootstrap_host;
 mod cli;
 mod cli_deploy;
 mod cli_models;

@@ -29,7 +29,11 @@ mod rand_like {
 }
 
 pub async fn init(a: InitArgs) -> Result<()> {
+    let key_only = a.key_only;
     let dir = initialise(a).await?;
+    if key_only {
+        return Ok(());
+    }
     println!("\nnext: kumo region serve --data-dir {}", dir.display());
     Ok(())
 }
@@ -73,6 +77,10 @@ pub async fn initialise(a: InitArgs) -> Result<PathBuf> {
     region.store().close().await;
 
     let url = format!("http://{listen}");
+    if a.key_only {
+        println!("{key}");
+        return Ok(dir);
+    }
     if !a.no_login {
         let mut profiles = Profiles::load()?;
         profiles.profiles.insert(

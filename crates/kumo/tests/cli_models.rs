@@ -167,6 +167,27 @@ fn orchestration_verbs_through_the_cli() {
     ]);
     assert!(out.contains("current model: default"), "{out}");
     assert!(out.contains("1 SSH key(s) authorized"), "{out}");
+    // Bad bootstraps are refused before anything is done.
+    let err = r.fails(&[
+        "bootstrap",
+        "--bridge",
+        "b",
+        "--address-range",
+        "10.0.0.1-10.0.0.2",
+    ]);
+    assert!(err.contains("--agent-url is required"), "{err}");
+    for to in ["root@host", "ssh:host", "ssh:@host", "ssh:root@"] {
+        let err = r.fails(&[
+            "bootstrap",
+            "--to",
+            to,
+            "--bridge",
+            "b",
+            "--address-range",
+            "10.0.0.1-10.0.0.2",
+        ]);
+        assert!(err.contains("expected ssh:USER@HOST"), "{to}: {err}");
+    }
     let models = r.ok(&["models"]);
     assert!(models.contains("default*"), "{models}");
 

@@ -291,6 +291,75 @@ fn a_bundle_of_mariadb_and_a_web_app_on_container_machines() {
         "active",
         "the agent left the host"
     );
+
+    // The controller on a machine: bootstrapped onto the host over SSH,
+    // it runs as a service there with a database of its own, and drives a
+    // model's machines itself (here the host, added back as a manual
+    // machine). The CLI's profile for it is made current.
+    let pubkey = key.with_extension("pub");
+    let out = h.ok(&[
+        "bootstrap",
+        "--to",
+        "ssh:root@10.252.0.160",
+        "--name",
+        "onhost",
+        "--bridge",
+        BRIDGE,
+        "--address-range",
+        "10.252.0.170-10.252.0.179",
+        "--authorized-key",
+        pubkey.to_str().unwrap(),
+    ]);
+    eprintln!("{out}");
+    let controller_key = out
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("ssh-ed25519 ") && l.contains("kumo-controller@"))
+        .unwrap_or_else(|| panic!("the controller's SSH key in: {out}"))
+        .to_string();
+    // Bootstrapping again changes nothing and keeps the same API key.
+    let again = h.ok(&[
+        "bootstrap",
+        "--to",
+        "ssh:root@10.252.0.160",
+        "--name",
+        "onhost",
+        "--bridge",
+        BRIDGE,
+        "--address-range",
+        "10.252.0.170-10.252.0.179",
+        "--authorized-key",
+        pubkey.to_str().unwrap(),
+    ]);
+    assert!(again.contains(&controller_key), "{again}");
+    let out = rt
+        .block_on(hosts.exec(
+            "kotest-host",
+            &[
+                "sh",
+                "-c",
+                &format!("echo '{controller_key}' >> /root/.ssh/authorized_keys && systemctl is-active kumo-controller"),
+            ],
+        ))
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "active");
+    assert!(h.ok(&["whoami"]).contains("admin"));
+    h.ok(&["add-model", "onhost-m", "--provider", "manual"]);
+    h.ok(&["add-machine", "-m", "onhost-m", "ssh:root@10.252.0.160"]);
+    h.wait_status_of(
+        "onhost-m",
+        "the host's own agent, under the host's controller",
+        120,
+        |s| s["machines"]["0"]["agent"] == "started",
+    );
+    h.ok(&["deploy", "-m", "onhost-m", "./charms/webapp", "--to", "0"]);
+    h.wait_status_of("onhost-m", "webapp under the host's controller", 300, |s| {
+        workload(s, "webapp/0") == "blocked" && idle(s, "webapp/0")
+    });
+    // The region's controller knows nothing of it.
+    let models = h.ok(&["models", "--profile", "local"]);
+    assert!(!models.contains("onhost-m"), "{models}");
+    h.ok(&["destroy-model", "onhost-m", "--yes"]);
     rt.block_on(hosts.destroy("kotest-host")).unwrap();
 
     eprintln!("whole suite: {:.1} s", started.elapsed().as_secs_f64());
