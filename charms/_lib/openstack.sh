@@ -18,6 +18,20 @@ log() { juju-log "$*"; }
 
 # apt_install PKG...: Debian packages without prompts and without starting
 # their services (policy-rc.d): the charm configures first, then starts.
+# apt_update: `apt-get update`, given up on after 3 minutes and tried
+# again, 3 times in all. Why: with many machines updating at once through
+# one apt-cacher-ng, the proxy can fail a request for an index another
+# client is fetching, and apt 2.6 has been seen to wait forever after it.
+apt_update() {
+  local try
+  for try in 1 2 3; do
+    timeout 180 apt-get update -q && return 0
+    log "apt-get update did not finish (try $try of 3)"
+    sleep $((try * 5))
+  done
+  return 1
+}
+
 apt_install() {
   local missing=() p
   for p in "$@"; do
@@ -30,7 +44,7 @@ apt_install() {
   chmod 755 /usr/sbin/policy-rc.d
   trap 'rm -f /usr/sbin/policy-rc.d' EXIT
   if [ ! -f /var/lib/kumo-charm/apt-updated ]; then
-    apt-get update -q
+    apt_update
     touch /var/lib/kumo-charm/apt-updated
   fi
   # A maintainer script can fail once and pass again (Horizon's asset

@@ -1568,7 +1568,7 @@ impl Controller {
         // The region machine recorded earlier, while it is still this
         // model's: allocated, deploying, deployed or failed deploying.
         let recorded = match &mach.instance {
-            Some(id) => backend.machine(id).await?.filter(|r| {
+            Some(id) => backend.machine(&owner, id).await?.filter(|r| {
                 r.owner.as_deref() == Some(owner.as_str())
                     && matches!(
                         r.status,

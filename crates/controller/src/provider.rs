@@ -68,8 +68,11 @@ pub trait MetalBackend: Send + Sync {
     /// Starts deploying an allocated machine with the region's default
     /// image; the first boot lets in `owner`'s SSH keys.
     async fn deploy(&self, owner: &str, system_id: &str) -> Result<MetalMachine, String>;
-    /// The machine now, `None` if the region has none by that id.
-    async fn machine(&self, system_id: &str) -> Result<Option<MetalMachine>, String>;
+    /// The machine now, `None` if the region has none by that id. `owner`
+    /// is whom the controller acts for: a backend that is one region user
+    /// for every model (a controller outside the region) shows machines
+    /// that user holds as `owner`'s.
+    async fn machine(&self, owner: &str, system_id: &str) -> Result<Option<MetalMachine>, String>;
     /// Gives the machine back (a deployment in progress is aborted first),
     /// with the region's default erase. Safe to repeat.
     async fn release(&self, owner: &str, system_id: &str) -> Result<(), String>;

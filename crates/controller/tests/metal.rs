@@ -114,7 +114,7 @@ impl MetalBackend for FakeRegion {
         Ok(self.get(system_id))
     }
 
-    async fn machine(&self, system_id: &str) -> Result<Option<MetalMachine>, String> {
+    async fn machine(&self, _: &str, system_id: &str) -> Result<Option<MetalMachine>, String> {
         let ms = self.machines.lock().unwrap();
         Ok(ms
             .iter()

@@ -61,6 +61,51 @@ fn prepare_script(port: u16, host: &str) -> String {
     )
 }
 
+/// Metal models on the controller take machines from profile `name`'s
+/// region: its URL and key go to the host, and the controller's SSH key
+/// to the profile's user, whose keys deployed machines let in.
+async fn link_region<F, Fut>(name: &str, controller_key: &str, host: &str, run: &F) -> Result<()>
+where
+    F: Fn(String, Option<Vec<u8>>) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<u8>>>,
+{
+    let (_, p) = Profiles::load()?.pick(Some(name))?;
+    let region = Client::new(&p.url, Some(p.key.clone()));
+    let added: Result<Value, _> = region
+        .post(
+            "/api/v1/ssh-keys",
+            &serde_json::json!({ "key": controller_key }),
+        )
+        .await;
+    match added {
+        Ok(_) => {}
+        Err(kumo_client::ClientError::Api { status: 409, .. }) => {}
+        Err(e) => {
+            return Err(anyhow!(e)).with_context(|| {
+                format!("adding the controller's SSH key to the region at {}", p.url)
+            })
+        }
+    }
+    let file = crate::remote_region::RemoteRegionFile {
+        url: p.url.clone(),
+        key: p.key.clone(),
+    };
+    run(
+        format!(
+            "umask 077 && cat > {DATA_DIR}/{}",
+            crate::remote_region::FILE_NAME
+        ),
+        Some(serde_json::to_vec_pretty(&file)?),
+    )
+    .await
+    .with_context(|| format!("giving the controller on {host} the region at {}", p.url))?;
+    println!(
+        "  metal models take machines from the region at {} (profile {name})",
+        p.url
+    );
+    Ok(())
+}
+
 pub async fn bootstrap_on_host(a: BootstrapArgs) -> Result<()> {
     let to = a.to.clone().expect("--to given");
     let Some(target) = to.strip_prefix("ssh:") else {
@@ -129,6 +174,9 @@ pub async fn bootstrap_on_host(a: BootstrapArgs) -> Result<()> {
         );
     };
     let (api_key, controller_key) = (api_key.to_string(), controller_key.to_string());
+    if let Some(name) = &a.region_profile {
+        link_region(name, &controller_key, host, &run).await?;
+    }
     run(
         "cat > /etc/systemd/system/kumo-controller.service && systemctl daemon-reload && systemctl enable -q kumo-controller.service && systemctl restart kumo-controller.service".into(),
         Some(controller_unit().into_bytes()),

@@ -282,6 +282,12 @@ pub struct BootstrapArgs {
     /// With --to: the port the controller listens on.
     #[arg(long, default_value_t = 5240, requires = "to")]
     pub port: u16,
+    /// With --to: the profile of the region metal models take machines
+    /// from. The controller uses that profile's API key (an admin's, to
+    /// abort a deployment it gives up on), and its SSH key is added to
+    /// that user's so deployed machines let it in.
+    #[arg(long, requires = "to", value_name = "PROFILE")]
+    pub region_profile: Option<String>,
     /// Where machine agents reach the controller, e.g. http://10.248.0.1:5240
     /// [default with --to: http://HOST:PORT].
     #[arg(long)]

@@ -13,6 +13,7 @@ mod disk_image;
 mod images;
 mod lab;
 mod output;
+mod remote_region;
 mod serve;
 mod verify;
 

@@ -168,7 +168,17 @@ pub async fn serve(a: ServeArgs) -> Result<()> {
     )
     .await
     .context("loading the controller's models")?;
-    controller.set_metal_backend(std::sync::Arc::new(RegionMachines(region.clone())));
+    // A controller bootstrapped on a machine of its own reaches the
+    // operator's region over its API; otherwise the region is this process.
+    match crate::remote_region::RemoteRegionFile::load(&dir)? {
+        Some(f) => {
+            tracing::info!(region = %f.url, "metal models use the region over its API");
+            controller.set_metal_backend(std::sync::Arc::new(
+                crate::remote_region::RemoteRegion::new(&f),
+            ));
+        }
+        None => controller.set_metal_backend(std::sync::Arc::new(RegionMachines(region.clone()))),
+    }
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
@@ -264,6 +274,7 @@ impl kumo_controller::MetalBackend for RegionMachines {
 
     async fn machine(
         &self,
+        _: &str,
         system_id: &str,
     ) -> Result<Option<kumo_controller::MetalMachine>, String> {
         match self.0.machine(system_id).await {

@@ -317,7 +317,8 @@ fn a_bundle_of_mariadb_and_a_web_app_on_container_machines() {
         .find(|l| l.starts_with("ssh-ed25519 ") && l.contains("kumo-controller@"))
         .unwrap_or_else(|| panic!("the controller's SSH key in: {out}"))
         .to_string();
-    // Bootstrapping again changes nothing and keeps the same API key.
+    // Bootstrapping again keeps the database, keys and service; this time
+    // metal models take machines from the suite's region, over its API.
     let again = h.ok(&[
         "bootstrap",
         "--to",
@@ -330,8 +331,15 @@ fn a_bundle_of_mariadb_and_a_web_app_on_container_machines() {
         "10.252.0.170-10.252.0.179",
         "--authorized-key",
         pubkey.to_str().unwrap(),
+        "--region-profile",
+        "local",
     ]);
     assert!(again.contains(&controller_key), "{again}");
+    let region_keys = h.ok(&["sshkeys", "list", "--profile", "local"]);
+    assert!(
+        region_keys.contains("kumo-controller@10.252.0.160"),
+        "the controller's key is the region user's: {region_keys}"
+    );
     let out = rt
         .block_on(hosts.exec(
             "kotest-host",
@@ -356,6 +364,18 @@ fn a_bundle_of_mariadb_and_a_web_app_on_container_machines() {
     h.wait_status_of("onhost-m", "webapp under the host's controller", 300, |s| {
         workload(s, "webapp/0") == "blocked" && idle(s, "webapp/0")
     });
+    // A metal model there asks the suite's region, which has no machines:
+    // the region's own reason shows on the machine.
+    h.ok(&["add-model", "onhost-metal", "--provider", "metal"]);
+    h.ok(&["add-machine", "-m", "onhost-metal"]);
+    h.wait_status_of("onhost-metal", "the region's answer", 60, |s| {
+        s["machines"]["0"]["state"] == "error"
+            && s["machines"]["0"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("no ready machine")
+    });
+    h.ok(&["destroy-model", "onhost-metal", "--yes"]);
     // The region's controller knows nothing of it.
     let models = h.ok(&["models", "--profile", "local"]);
     assert!(!models.contains("onhost-m"), "{models}");
