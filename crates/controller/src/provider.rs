@@ -78,6 +78,22 @@ pub trait MetalBackend: Send + Sync {
     async fn release(&self, owner: &str, system_id: &str) -> Result<(), String>;
 }
 
+/// The region machine actions that give back a machine in `status`: a
+/// deployment in progress is aborted first; a machine already releasing,
+/// erasing or back in the pool needs nothing.
+pub fn release_actions(status: kumo_model::MachineStatus) -> &'static [&'static str] {
+    use kumo_model::MachineStatus as S;
+    match status {
+        S::Deploying => &["abort", "release"],
+        S::Allocated
+        | S::Deployed
+        | S::FailedDeployment
+        | S::FailedReleasing
+        | S::FailedDiskErasing => &["release"],
+        _ => &[],
+    }
+}
+
 /// The user cloud-init makes on the region's Debian image; it has
 /// password-less sudo and the owner's SSH keys.
 pub const METAL_SSH_USER: &str = "debian";

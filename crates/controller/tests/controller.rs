@@ -7,9 +7,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use common::{charm_tar, Recorder};
+use common::{bootstrap, charm_tar, Recorder};
 use kumo_controller::{Controller, ControllerConfig};
-use kumo_model::orchestra::{Bootstrap, Deploy, Relate};
+use kumo_model::orchestra::{Deploy, Relate};
 use kumo_region::{ManualClock, SecretBox, SeededEntropy};
 use kumo_store::Store;
 use kumo_uniter::{complete, next, HookCommit, HookResult, Operation};
@@ -36,19 +36,7 @@ async fn restart_keeps_the_model(url: String) {
         provider.clone(),
     )
     .await;
-    c.bootstrap(Bootstrap {
-        agent_url: "http://10.0.0.1:5240".into(),
-        bridge: "br0".into(),
-        address_range: "10.0.0.100-10.0.0.110".into(),
-        prefix: 24,
-        gateway: None,
-        dns: vec![],
-        apt_proxy: None,
-        authorized_keys: vec![],
-        controller_id: String::new(),
-    })
-    .await
-    .unwrap();
+    c.bootstrap(bootstrap()).await.unwrap();
     let db = c
         .upload_charm(&charm_tar(
             "name: db\nsummary: d\nprovides:\n  db:\n    interface: mysql\n",

@@ -12,10 +12,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use common::{charm_tar, Recorder};
+use common::{bootstrap, charm_tar, Recorder};
 use kumo_controller::docs::ProviderKind;
 use kumo_controller::{Controller, ControllerConfig, MetalBackend, MetalMachine};
-use kumo_model::orchestra::{AddMachines, Bootstrap, Deploy};
+use kumo_model::orchestra::{AddMachines, Deploy};
 use kumo_model::MachineStatus;
 use kumo_region::{ManualClock, SecretBox, SeededEntropy};
 use kumo_store::Store;
@@ -374,26 +374,9 @@ async fn metal_machines_are_allocated_by_constraints_deployed_resumed_and_releas
 
 #[tokio::test]
 async fn a_failed_deployment_is_released_and_retried_afresh() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite:{}", dir.path().join("kumo.db").display());
-    let provider = Arc::new(Recorder::default());
     let region = Arc::new(FakeRegion::with(&[("aaa111", "node1", &[])]));
     let clock = Arc::new(ManualClock::new(1_000));
-    let c = open(&url, dir.path(), provider, region.clone(), clock).await;
-    c.bootstrap(bootstrap()).await.unwrap();
-    c.add_model("m", Some("metal"), Some("alice"))
-        .await
-        .unwrap();
-    c.add_machines(
-        "m",
-        &AddMachines {
-            placement: None,
-            count: 1,
-            constraints: None,
-        },
-    )
-    .await
-    .unwrap();
+    let (c, _dir) = metal_model_with_a_machine(region.clone(), clock).await;
     c.provision_pending().await.unwrap();
     region.set("aaa111", |m| {
         m.status = MachineStatus::FailedDeployment;
@@ -413,30 +396,13 @@ async fn a_failed_deployment_is_released_and_retried_afresh() {
 
 #[tokio::test]
 async fn an_allocation_whose_answer_was_lost_is_found_again_not_doubled() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite:{}", dir.path().join("kumo.db").display());
     let region = Arc::new(FakeRegion::with(&[
         ("aaa111", "node1", &[]),
         ("bbb222", "node2", &[]),
     ]));
     *region.lose_next_answer.lock().unwrap() = true;
     let clock = Arc::new(ManualClock::new(1_000));
-    let provider = Arc::new(Recorder::default());
-    let c = open(&url, dir.path(), provider, region.clone(), clock.clone()).await;
-    c.bootstrap(bootstrap()).await.unwrap();
-    c.add_model("m", Some("metal"), Some("alice"))
-        .await
-        .unwrap();
-    c.add_machines(
-        "m",
-        &AddMachines {
-            placement: None,
-            count: 1,
-            constraints: None,
-        },
-    )
-    .await
-    .unwrap();
+    let (c, _dir) = metal_model_with_a_machine(region.clone(), clock.clone()).await;
     c.provision_pending().await.unwrap();
     let (state, message, _) = machine(&c.status("m").await.unwrap(), "0");
     assert_eq!(state, "error");
@@ -453,16 +419,29 @@ async fn an_allocation_whose_answer_was_lost_is_found_again_not_doubled() {
     assert_eq!(region.get("bbb222").owner, None);
 }
 
-fn bootstrap() -> Bootstrap {
-    Bootstrap {
-        agent_url: "http://10.0.0.1:5240".into(),
-        bridge: "br0".into(),
-        address_range: "10.0.0.100-10.0.0.110".into(),
-        prefix: 24,
-        gateway: None,
-        dns: vec![],
-        apt_proxy: None,
-        authorized_keys: vec![],
-        controller_id: String::new(),
-    }
+/// A bootstrapped controller with metal model `m` of alice's holding one
+/// machine without constraints, not yet provisioned.
+async fn metal_model_with_a_machine(
+    region: Arc<FakeRegion>,
+    clock: Arc<ManualClock>,
+) -> (Controller, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("kumo.db").display());
+    let provider = Arc::new(Recorder::default());
+    let c = open(&url, dir.path(), provider, region, clock).await;
+    c.bootstrap(bootstrap()).await.unwrap();
+    c.add_model("m", Some("metal"), Some("alice"))
+        .await
+        .unwrap();
+    c.add_machines(
+        "m",
+        &AddMachines {
+            placement: None,
+            count: 1,
+            constraints: None,
+        },
+    )
+    .await
+    .unwrap();
+    (c, dir)
 }

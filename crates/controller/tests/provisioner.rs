@@ -2,13 +2,15 @@
 //! side by side, so one slow to make (a first boot, an agent copied over
 //! SSH) holds up no other, and each still gets an address of its own.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use kumo_controller::docs::ProviderKind;
 use kumo_controller::{Controller, ControllerConfig, Provider, ProvisionRequest};
-use kumo_model::orchestra::{AddMachines, Bootstrap};
+use kumo_model::orchestra::AddMachines;
 use kumo_region::{ManualClock, SecretBox, SeededEntropy};
 use kumo_store::Store;
 use tokio::sync::Semaphore;
@@ -64,19 +66,7 @@ async fn a_machine_slow_to_provision_holds_up_no_other() {
     )
     .await
     .unwrap();
-    c.bootstrap(Bootstrap {
-        agent_url: "http://10.0.0.1:5240".into(),
-        bridge: "br0".into(),
-        address_range: "10.0.0.100-10.0.0.110".into(),
-        prefix: 24,
-        gateway: None,
-        dns: vec![],
-        apt_proxy: None,
-        authorized_keys: vec![],
-        controller_id: String::new(),
-    })
-    .await
-    .unwrap();
+    c.bootstrap(common::bootstrap()).await.unwrap();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let provisioner = tokio::spawn(c.clone().run_provisioner(stop_rx));
     let add = |count| AddMachines {

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use kumo_client::Client;
-use kumo_model::orchestra::Bootstrap;
 use serde_json::Value;
 
 use crate::cli_models::{authorized_keys, print_bootstrap, BootstrapArgs};
@@ -200,17 +199,7 @@ pub async fn bootstrap_on_host(a: BootstrapArgs) -> Result<()> {
 
     // Container machines the controller makes let it in too.
     keys.push(controller_key.clone());
-    let b = Bootstrap {
-        agent_url: a.agent_url.clone().unwrap_or_else(|| url.clone()),
-        bridge: a.bridge,
-        address_range: a.address_range,
-        prefix: a.prefix,
-        gateway: a.gateway,
-        dns: a.dns,
-        apt_proxy: a.apt_proxy,
-        authorized_keys: keys,
-        controller_id: String::new(),
-    };
+    let b = a.config(a.agent_url.clone().unwrap_or_else(|| url.clone()), keys);
     let _: Value = c
         .put("/api/v1/controller", &b)
         .await

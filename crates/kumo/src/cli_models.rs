@@ -760,23 +760,30 @@ async fn bootstrap(c: &Client, profile: &str, a: BootstrapArgs) -> Result<()> {
         bail!("--agent-url is required: where machine agents reach this region's controller, e.g. http://10.248.0.1:5240");
     };
     let (keys, key_files) = authorized_keys(&a.authorized_keys)?;
-    let b = Bootstrap {
-        agent_url,
-        bridge: a.bridge,
-        address_range: a.address_range,
-        prefix: a.prefix,
-        gateway: a.gateway,
-        dns: a.dns,
-        apt_proxy: a.apt_proxy,
-        authorized_keys: keys,
-        controller_id: String::new(),
-    };
+    let b = a.config(agent_url, keys);
     let _: Value = c.put("/api/v1/controller", &b).await?;
     set_current_model(profile, Some("default"))?;
     println!("bootstrapped the controller in the region at {}", c.base());
     print_bootstrap(&b, &key_files);
     println!("current model: default (profile {profile})");
     Ok(())
+}
+
+impl BootstrapArgs {
+    /// The controller's configuration these arguments give.
+    pub(crate) fn config(&self, agent_url: String, authorized_keys: Vec<String>) -> Bootstrap {
+        Bootstrap {
+            agent_url,
+            bridge: self.bridge.clone(),
+            address_range: self.address_range.clone(),
+            prefix: self.prefix,
+            gateway: self.gateway.clone(),
+            dns: self.dns.clone(),
+            apt_proxy: self.apt_proxy.clone(),
+            authorized_keys,
+            controller_id: String::new(),
+        }
+    }
 }
 
 /// What `bootstrap` set, as the operator reads it back.

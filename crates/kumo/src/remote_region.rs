@@ -11,7 +11,6 @@ use anyhow::{Context, Result};
 use kumo_client::{enc, Client, ClientError};
 use kumo_controller::{MetalBackend, MetalMachine};
 use kumo_model::api::{ActionOptions, AllocateRequest, MachineView};
-use kumo_model::MachineStatus;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::OnceCell;
@@ -151,21 +150,11 @@ impl MetalBackend for RemoteRegion {
         if m.owner.as_deref() != Some(owner) {
             return Ok(());
         }
-        use MachineStatus as S;
-        if m.status == S::Deploying {
-            // An admin's action: the profile's key must be an admin's.
-            self.action(system_id, "abort").await?;
-        } else if !matches!(
-            m.status,
-            S::Allocated
-                | S::Deployed
-                | S::FailedDeployment
-                | S::FailedReleasing
-                | S::FailedDiskErasing
-        ) {
-            return Ok(());
+        // Aborting is an admin's action: the profile's key must be an admin's.
+        for action in kumo_controller::provider::release_actions(m.status) {
+            self.action(system_id, action).await?;
         }
-        self.action(system_id, "release").await.map(drop)
+        Ok(())
     }
 }
 
@@ -176,6 +165,7 @@ mod tests {
 
     use super::*;
     use kumo_model::api::{AddMachine, ReportEvent, ReportResult, StatusReport};
+    use kumo_model::MachineStatus;
     use kumo_region::{Actor, Region, RegionConfig};
 
     async fn region_with_ready_machines(

@@ -285,7 +285,6 @@ impl kumo_controller::MetalBackend for RegionMachines {
     }
 
     async fn release(&self, owner: &str, system_id: &str) -> Result<(), String> {
-        use kumo_model::MachineStatus as S;
         let m = match self.0.machine(system_id).await {
             Ok(m) => m,
             Err(RegionError::NotFound { .. }) => return Ok(()),
@@ -295,31 +294,20 @@ impl kumo_controller::MetalBackend for RegionMachines {
         if m.owner.as_deref() != Some(owner) {
             return Ok(());
         }
-        let actor = Self::owner(owner);
-        if m.status == S::Deploying {
+        for action in kumo_controller::provider::release_actions(m.status) {
             // Aborting is an admin's action; the controller stops its own
-            // deployment as the region's system user.
+            // deployment as the region's system user. The region's default
+            // erase (none unless the operator asks).
+            let actor = match *action {
+                "abort" => Actor::system(),
+                _ => Self::owner(owner),
+            };
             self.0
-                .machine_action(&Actor::system(), system_id, "abort", Default::default())
+                .machine_action(&actor, system_id, action, Default::default())
                 .await
                 .map_err(|e| e.to_string())?;
-        } else if !matches!(
-            m.status,
-            S::Allocated
-                | S::Deployed
-                | S::FailedDeployment
-                | S::FailedReleasing
-                | S::FailedDiskErasing
-        ) {
-            // Releasing or erasing already, or gone back to Ready.
-            return Ok(());
         }
-        // The region's default erase (none unless the operator asks).
-        self.0
-            .machine_action(&actor, system_id, "release", Default::default())
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        Ok(())
     }
 }
 

@@ -297,7 +297,7 @@ fn a_bundle_of_mariadb_and_a_web_app_on_container_machines() {
     // model's machines itself (here the host, added back as a manual
     // machine). The CLI's profile for it is made current.
     let pubkey = key.with_extension("pub");
-    let out = h.ok(&[
+    let on_host = [
         "bootstrap",
         "--to",
         "ssh:root@10.252.0.160",
@@ -309,7 +309,8 @@ fn a_bundle_of_mariadb_and_a_web_app_on_container_machines() {
         "10.252.0.170-10.252.0.179",
         "--authorized-key",
         pubkey.to_str().unwrap(),
-    ]);
+    ];
+    let out = h.ok(&on_host);
     eprintln!("{out}");
     let controller_key = out
         .lines()
@@ -319,21 +320,7 @@ fn a_bundle_of_mariadb_and_a_web_app_on_container_machines() {
         .to_string();
     // Bootstrapping again keeps the database, keys and service; this time
     // metal models take machines from the suite's region, over its API.
-    let again = h.ok(&[
-        "bootstrap",
-        "--to",
-        "ssh:root@10.252.0.160",
-        "--name",
-        "onhost",
-        "--bridge",
-        BRIDGE,
-        "--address-range",
-        "10.252.0.170-10.252.0.179",
-        "--authorized-key",
-        pubkey.to_str().unwrap(),
-        "--region-profile",
-        "local",
-    ]);
+    let again = h.ok(&[&on_host[..], &["--region-profile", "local"]].concat());
     assert!(again.contains(&controller_key), "{again}");
     let region_keys = h.ok(&["sshkeys", "list", "--profile", "local"]);
     assert!(

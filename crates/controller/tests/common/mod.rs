@@ -1,5 +1,8 @@
 //! What the controller's integration tests share.
 
+// Each test binary uses a part of this module.
+#![allow(dead_code)]
+
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -19,6 +22,22 @@ impl Provider for Recorder {
     }
     async fn destroy(&self, _: ProviderKind, _: &str) -> Result<(), String> {
         Ok(())
+    }
+}
+
+/// A controller configuration for tests: agents at 10.0.0.1, container
+/// machines from 10.0.0.100–110 on br0.
+pub fn bootstrap() -> kumo_model::orchestra::Bootstrap {
+    kumo_model::orchestra::Bootstrap {
+        agent_url: "http://10.0.0.1:5240".into(),
+        bridge: "br0".into(),
+        address_range: "10.0.0.100-10.0.0.110".into(),
+        prefix: 24,
+        gateway: None,
+        dns: vec![],
+        apt_proxy: None,
+        authorized_keys: vec![],
+        controller_id: String::new(),
     }
 }
 
