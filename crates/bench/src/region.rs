@@ -369,6 +369,7 @@ fn machine(i: usize, now: Millis) -> Result<Machine> {
         previous_status: None,
         status_message: String::new(),
         owner: None,
+        agent_name: None,
         commissioned: true,
         erase: EraseMode::None,
         macs: vec![mac],
