@@ -105,7 +105,12 @@ impl Provider for SimProvider {
         Ok(Ipv4Addr::from(0x0a00_0000 | (n + 1)).to_string())
     }
 
-    async fn destroy(&self, _: ProviderKind, _: &str) -> Result<(), String> {
+    async fn destroy(
+        &self,
+        _: ProviderKind,
+        _: &str,
+        _: Option<&kumo_controller::HostRef>,
+    ) -> Result<(), String> {
         Ok(())
     }
 }

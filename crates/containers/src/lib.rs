@@ -22,6 +22,7 @@
 //! container, the cache key — are in `spec` and `rootfs`; the I/O is in
 //! `machine` and `rootfs::ensure_rootfs`.
 
+mod bridge;
 mod fsutil;
 mod machine;
 mod proc;
@@ -30,6 +31,9 @@ mod spec;
 
 use std::path::PathBuf;
 
+pub use bridge::{
+    bridge_plan, ensure_host_bridge, nameservers, BridgePlan, HostNetwork, HOST_BRIDGE,
+};
 pub use machine::{ContainerState, Containers};
 pub use rootfs::{ensure_rootfs, ensure_rootfs_with, rootfs_key, RootfsSpec, BASE_PACKAGES};
 pub use spec::{
@@ -47,6 +51,8 @@ pub enum Error {
     NotFound { name: String },
     #[error("container {name} exists with a different spec (destroy it first)")]
     SpecMismatch { name: String },
+    #[error("bridge {bridge}: {reason}")]
+    Bridge { bridge: String, reason: String },
     #[error("container {name}: bridge {bridge} does not exist on this host")]
     NoBridge { name: String, bridge: String },
     #[error("container {name}: {what} not found in its root filesystem")]

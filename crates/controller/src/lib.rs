@@ -29,7 +29,7 @@ use tokio::sync::{watch, Mutex, Notify};
 pub use docs::ProviderKind;
 pub use error::{ControllerError, Result};
 pub use model::{Charms, Model, Placement};
-pub use provider::{AgentConfig, MetalBackend, MetalMachine, Provider, ProvisionRequest};
+pub use provider::{AgentConfig, HostRef, MetalBackend, MetalMachine, Provider, ProvisionRequest};
 
 use docs::*;
 use error::{invalid, not_found};
@@ -373,8 +373,13 @@ impl Controller {
 
     /// Destroys a model's machines through the provider, then forgets it.
     pub async fn destroy_model(&self, name: &str) -> Result<()> {
-        let machines: Vec<MachineDoc> = self
-            .read_model(name, |m, _, _| Ok(m.machines.values().cloned().collect()))
+        let machines: Vec<(MachineDoc, HostOf)> = self
+            .read_model(name, |m, _, _| {
+                Ok(m.machines
+                    .values()
+                    .map(|x| (x.clone(), host_of(m, &x.id)))
+                    .collect())
+            })
             .await?;
         let (kind, owner) = self
             .read_model(name, |m, _, _| {
@@ -383,11 +388,11 @@ impl Controller {
             .await?;
         // In parallel (a machine takes seconds to power off), containers
         // before the machines that host them.
-        let (nested, hosts): (Vec<MachineDoc>, Vec<MachineDoc>) =
-            machines.into_iter().partition(|m| m.id.contains('/'));
+        let (nested, hosts): (Vec<_>, Vec<_>) =
+            machines.into_iter().partition(|(m, _)| m.id.contains('/'));
         for wave in [nested, hosts] {
             let mut tasks = tokio::task::JoinSet::new();
-            for mach in wave {
+            for (mach, host) in wave {
                 let Some(instance) = mach.instance.clone() else {
                     continue;
                 };
@@ -395,7 +400,7 @@ impl Controller {
                 let metal = self.inner.metal.get().cloned();
                 let owner = owner.clone();
                 tasks.spawn(async move {
-                    destroy_instance(provider, metal, kind, &owner, &instance)
+                    destroy_instance(provider, metal, kind, &owner, &instance, host)
                         .await
                         .map_err(|e| {
                             ControllerError::Provider(format!(
@@ -512,7 +517,7 @@ impl Controller {
     ) -> Result<String> {
         let (_, hash) = self.new_token();
         if m.doc.provider == ProviderKind::Metal {
-            if let Some(p) = placement {
+            if let Some(p) = placement.filter(|p| p.starts_with("ssh:")) {
                 return Err(metal_placement(&m.doc.name, p));
             }
         }
@@ -556,7 +561,7 @@ impl Controller {
     /// given back to its provider (a metal machine is released to the
     /// region) and forgotten.
     pub async fn remove_machine(&self, model: &str, id: &str) -> Result<()> {
-        let (kind, owner, instance) = self
+        let (kind, owner, instance, host) = self
             .with_model(model, |m, _, _| {
                 if !m.machines.contains_key(id) {
                     return Err(not_found("machine", id));
@@ -587,6 +592,7 @@ impl Controller {
                     m.doc.provider,
                     m.doc.owner.clone().unwrap_or_default(),
                     instance,
+                    host_of(m, id),
                 ))
             })
             .await?;
@@ -597,6 +603,7 @@ impl Controller {
                 kind,
                 &owner,
                 &instance,
+                host,
             )
             .await
             .map_err(|e| {
@@ -625,11 +632,6 @@ impl Controller {
         count: u32,
         to: &[String],
     ) -> Result<Vec<String>> {
-        if m.doc.provider == ProviderKind::Metal {
-            if let Some(t) = to.iter().find(|t| t.starts_with("lxd:")) {
-                return Err(metal_placement(&m.doc.name, t));
-            }
-        }
         let mut units = Vec::new();
         for i in 0..count as usize {
             let machine = match to.get(i) {
@@ -671,9 +673,6 @@ impl Controller {
                 let config = model::typed_config(charm, &req.config)?;
                 // Placements are checked before anything is added.
                 for t in &req.to {
-                    if m.doc.provider == ProviderKind::Metal && t.starts_with("lxd:") {
-                        return Err(metal_placement(&m.doc.name, t));
-                    }
                     m.check_placement(t)?;
                 }
                 m.deploy(&name, charm, &req.charm, config, req.constraints.clone())?;
@@ -1273,7 +1272,7 @@ impl Controller {
         let Some(boot) = self.bootstrap_config() else {
             return Ok(vec![]);
         };
-        let work: Vec<(String, ProviderKind, MachineDoc)> = {
+        let work: Vec<(String, ProviderKind, MachineDoc, HostOf)> = {
             let models = self.inner.models.lock().await;
             models
                 .values()
@@ -1297,14 +1296,39 @@ impl Controller {
                             }
                             _ => false,
                         })
-                        .map(|x| (m.doc.name.clone(), m.doc.provider, x.clone()))
+                        .map(|x| {
+                            (
+                                m.doc.name.clone(),
+                                m.doc.provider,
+                                x.clone(),
+                                host_of(m, &x.id),
+                            )
+                        })
                         .collect::<Vec<_>>()
                 })
                 .collect()
         };
         let mut jobs = Vec::new();
-        for (model, kind, mach) in work {
-            if kind == ProviderKind::Metal {
+        for (model, kind, mach, host) in work {
+            let host = match host {
+                HostOf::None => None,
+                HostOf::Ready(h) => Some(h),
+                // Left pending until its machine's agent is in.
+                HostOf::NotReady(why) => {
+                    if mach.message != why {
+                        self.with_model(&model, |m, _, _| {
+                            if let Some(x) = m.machines.get_mut(&mach.id) {
+                                x.message = why.clone();
+                                m.dirty.machines.insert(mach.id.clone());
+                            }
+                            Ok(())
+                        })
+                        .await?;
+                    }
+                    continue;
+                }
+            };
+            if kind == ProviderKind::Metal && host.is_none() {
                 jobs.push(ProvisionJob {
                     model,
                     machine: mach,
@@ -1325,38 +1349,40 @@ impl Controller {
                 (ProviderKind::Manual, Some(target)) => target.to_string(),
                 _ => provider::instance_name(&boot.controller_id, &model, &mach.id),
             };
-            let address = match kind {
-                ProviderKind::Containers => {
-                    let used: std::collections::HashSet<String> = {
-                        let models = self.inner.models.lock().await;
-                        models
-                            .values()
-                            .flat_map(|m| m.machines.values().filter_map(|x| x.address.clone()))
-                            .collect()
-                    };
-                    match mach.address.clone() {
-                        Some(a) => Some(a),
-                        None => match provider::pick_address(&boot.address_range, &used) {
-                            Ok(a) => Some(a),
-                            // This machine fails; the others go on.
-                            Err(e) => {
-                                self.note_attempt(&model, &mach.id, false);
-                                self.with_model(&model, |m, _, _| {
-                                    if let Some(x) = m.machines.get_mut(&mach.id) {
-                                        x.state = MachineState::Error;
-                                        x.message = e.clone();
-                                        m.dirty.machines.insert(mach.id.clone());
-                                        m.log(&machine_entity(&mach.id), Level::Error, e.clone());
-                                    }
-                                    Ok(())
-                                })
-                                .await?;
-                                continue;
-                            }
-                        },
-                    }
+            // Containers, here or on a machine, take the controller's
+            // addresses; other machines have their own.
+            let takes_our_address = kind == ProviderKind::Containers || host.is_some();
+            let address = if takes_our_address {
+                let used: std::collections::HashSet<String> = {
+                    let models = self.inner.models.lock().await;
+                    models
+                        .values()
+                        .flat_map(|m| m.machines.values().filter_map(|x| x.address.clone()))
+                        .collect()
+                };
+                match mach.address.clone() {
+                    Some(a) => Some(a),
+                    None => match provider::pick_address(&boot.address_range, &used) {
+                        Ok(a) => Some(a),
+                        // This machine fails; the others go on.
+                        Err(e) => {
+                            self.note_attempt(&model, &mach.id, false);
+                            self.with_model(&model, |m, _, _| {
+                                if let Some(x) = m.machines.get_mut(&mach.id) {
+                                    x.state = MachineState::Error;
+                                    x.message = e.clone();
+                                    m.dirty.machines.insert(mach.id.clone());
+                                    m.log(&machine_entity(&mach.id), Level::Error, e.clone());
+                                }
+                                Ok(())
+                            })
+                            .await?;
+                            continue;
+                        }
+                    },
                 }
-                ProviderKind::Manual | ProviderKind::Metal => None,
+            } else {
+                None
             };
             self.with_model(&model, |m, _, _| {
                 if let Some(x) = m.machines.get_mut(&mach.id) {
@@ -1376,6 +1402,7 @@ impl Controller {
                 hostname: instance.clone(),
                 address: address.clone(),
                 placement: mach.placement.clone(),
+                host,
                 agent: AgentConfig {
                     controller_url: boot.agent_url.clone(),
                     model: model.clone(),
@@ -1687,6 +1714,7 @@ impl Controller {
                     hostname: r.hostname.clone(),
                     address: Some(address.clone()),
                     placement: Some(format!("ssh:{}@{address}", provider::METAL_SSH_USER)),
+                    host: None,
                     agent: AgentConfig {
                         controller_url: boot.agent_url.clone(),
                         model: model.to_string(),
@@ -1720,13 +1748,65 @@ async fn destroy_instance(
     kind: ProviderKind,
     owner: &str,
     instance: &str,
+    host: HostOf,
 ) -> std::result::Result<(), String> {
+    match host {
+        HostOf::None => {}
+        // Its host was never reached: there is no container to remove.
+        HostOf::NotReady(_) => return Ok(()),
+        HostOf::Ready(h) => return provider.destroy(kind, instance, Some(&h)).await,
+    }
     if kind == ProviderKind::Metal {
         let backend =
             metal.ok_or("this controller has no region machines (metal provider)".to_string())?;
         backend.release(owner, instance).await?;
     }
-    provider.destroy(kind, instance).await
+    provider.destroy(kind, instance, None).await
+}
+
+/// Where a machine lives: on its own (`None`), or, for a container on a
+/// metal or manual machine (`N/lxd/K`), on that machine once it is
+/// reachable.
+#[derive(Debug, Clone)]
+enum HostOf {
+    None,
+    /// Why the host cannot take the container yet.
+    NotReady(String),
+    Ready(HostRef),
+}
+
+fn host_of(m: &Model, id: &str) -> HostOf {
+    if m.doc.provider == ProviderKind::Containers {
+        // Containers on container machines are this host's too.
+        return HostOf::None;
+    }
+    let Some((host_id, _)) = id.split_once("/lxd/") else {
+        return HostOf::None;
+    };
+    let waiting = || HostOf::NotReady(format!("waiting for machine {host_id}"));
+    let Some(h) = m.machines.get(host_id) else {
+        return waiting();
+    };
+    let (Some(instance), Some(address)) = (
+        h.instance.clone(),
+        h.address.clone().filter(|a| !a.is_empty()),
+    ) else {
+        return waiting();
+    };
+    let target = match m.doc.provider {
+        ProviderKind::Metal => format!("{}@{address}", provider::METAL_SSH_USER),
+        _ => h
+            .placement
+            .as_deref()
+            .and_then(|p| p.strip_prefix("ssh:"))
+            .unwrap_or(&address)
+            .to_string(),
+    };
+    HostOf::Ready(HostRef {
+        instance,
+        target,
+        address,
+    })
 }
 
 fn metal_placement(model: &str, placement: &str) -> ControllerError {
@@ -1734,7 +1814,7 @@ fn metal_placement(model: &str, placement: &str) -> ControllerError {
         "placement",
         format!(
             "placement {placement}: model {model} takes its machines from the region (metal provider); \
-             containers on them (lxd:N) and ssh:user@host are not supported yet"
+             add ssh:user@host machines to a manual model"
         ),
     )
 }

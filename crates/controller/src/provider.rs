@@ -33,9 +33,45 @@ pub struct ProvisionRequest {
     pub address: Option<String>,
     /// `ssh:user@host` for manual machines.
     pub placement: Option<String>,
+    /// For a container on a metal or manual machine (`lxd:N`): the
+    /// machine it runs on.
+    pub host: Option<HostRef>,
     pub agent: AgentConfig,
     pub bootstrap: Bootstrap,
 }
+
+/// A metal or manual machine that hosts containers, as the controller
+/// reaches it over SSH.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostRef {
+    /// The host machine's provider instance (its known-hosts file's name).
+    pub instance: String,
+    /// `user@address`.
+    pub target: String,
+    /// The host's address, which its bridge takes over.
+    pub address: String,
+}
+
+/// What `kumo agent container create` reads on its standard input on the
+/// machine that hosts the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostContainerRequest {
+    pub name: String,
+    pub hostname: String,
+    /// The container's IPv4 address; the prefix, gateway and name servers
+    /// are the host's.
+    pub address: String,
+    /// The host's own address: the interface holding it is bridged.
+    pub host_address: String,
+    /// The root filesystem tarball, already on the host.
+    pub rootfs: String,
+    pub files: Vec<kumo_containers::InjectedFile>,
+    pub enable_units: Vec<String>,
+    pub authorized_keys: Vec<String>,
+}
+
+/// Where hosts keep the root filesystem tarballs the controller copies.
+pub const HOST_ROOTFS_DIR: &str = "/var/cache/kumo";
 
 /// A region machine as the metal provider sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,8 +139,14 @@ pub trait Provider: Send + Sync {
     /// Makes (or finds already made) the machine and starts its agent;
     /// returns its address. Must be safe to repeat.
     async fn provision(&self, req: &ProvisionRequest) -> Result<String, String>;
-    /// Removes the machine; safe to repeat.
-    async fn destroy(&self, kind: ProviderKind, instance: &str) -> Result<(), String>;
+    /// Removes the machine (from `host` for a container on a metal or
+    /// manual machine); safe to repeat.
+    async fn destroy(
+        &self,
+        kind: ProviderKind,
+        instance: &str,
+        host: Option<&HostRef>,
+    ) -> Result<(), String>;
 }
 
 /// `k<controller>-<model>-<machine>` with `/` as `-`: a valid container
@@ -287,14 +329,7 @@ impl ContainersProvider {
         let host = target.rsplit('@').next().unwrap_or(target).to_string();
         let binary = std::fs::read(&self.kumo_binary)
             .map_err(|e| format!("reading {}: {e}", self.kumo_binary.display()))?;
-        let sudo = !target.starts_with("root@") && target.contains('@');
-        let sh = |script: &str| {
-            let mut argv = vec!["sh".to_string(), "-c".to_string(), format!("'{script}'")];
-            if sudo {
-                argv.splice(0..0, ["sudo".to_string(), "-n".to_string()]);
-            }
-            argv
-        };
+        let sh = |script: &str| sudo_argv(target, &["sh", "-c", &format!("'{script}'")]);
         let target = &self.ssh_target(req.kind, &req.instance, target);
         if req.kind == ProviderKind::Metal {
             let _ = std::fs::remove_file(&target.known_hosts);
@@ -318,6 +353,99 @@ impl ContainersProvider {
         )
         .await?;
         Ok(host)
+    }
+
+    /// A container on a metal or manual machine: the controller's cached
+    /// root filesystem is copied to the host once, and the host's own
+    /// `kumo` (installed with its agent) makes and boots the container on
+    /// a bridge over the host's interface (`kumo agent container create`).
+    async fn provision_host_container(
+        &self,
+        req: &ProvisionRequest,
+        host: &HostRef,
+    ) -> Result<String, String> {
+        let b = &req.bootstrap;
+        let address = req
+            .address
+            .clone()
+            .ok_or_else(|| format!("container {}: no address chosen", req.instance))?;
+        let host_address = host_ipv4(&host.address).await?;
+        let mut spec = kumo_containers::RootfsSpec::bookworm();
+        spec.extra_packages = self.extra_packages.clone();
+        let rootfs = kumo_containers::ensure_rootfs(&self.cache_dir, &spec)
+            .await
+            .map_err(|e| e.to_string())?;
+        let file_name = rootfs
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let remote = format!("{HOST_ROOTFS_DIR}/{file_name}");
+        let target = self.ssh_target(req.kind, &host.instance, &host.target);
+        let have = self
+            .ssh_output(
+                &target,
+                sudo_argv(
+                    &host.target,
+                    &[
+                        "sh",
+                        "-c",
+                        &format!("'test -f {remote} && echo yes || true'"),
+                    ],
+                ),
+                None,
+            )
+            .await?;
+        if String::from_utf8_lossy(&have).trim() != "yes" {
+            let tarball = tokio::fs::read(&rootfs)
+                .await
+                .map_err(|e| format!("reading {}: {e}", rootfs.display()))?;
+            let script = format!(
+                "'mkdir -p {HOST_ROOTFS_DIR} && cat > {remote}.partial && mv {remote}.partial {remote}'"
+            );
+            self.ssh(
+                &target,
+                sudo_argv(&host.target, &["sh", "-c", &script]),
+                Some(tarball),
+            )
+            .await
+            .map_err(|e| format!("copying the root filesystem to {}: {e}", host.target))?;
+        }
+        let mut files = vec![
+            kumo_containers::InjectedFile::new(
+                "/etc/kumo/agent.json",
+                serde_json::to_vec_pretty(&req.agent).expect("agent config"),
+                0o600,
+            ),
+            kumo_containers::InjectedFile::new(
+                "/etc/systemd/system/kumo-agent.service",
+                agent_unit(),
+                0o644,
+            ),
+        ];
+        if let Some(p) = &b.apt_proxy {
+            files.push(kumo_containers::apt_proxy_file(p));
+        }
+        let request = HostContainerRequest {
+            name: req.instance.clone(),
+            hostname: req.hostname.clone(),
+            address: address.clone(),
+            host_address: host_address.to_string(),
+            rootfs: remote,
+            files,
+            enable_units: vec!["kumo-agent.service".into()],
+            authorized_keys: b.authorized_keys.clone(),
+        };
+        self.ssh(
+            &target,
+            sudo_argv(
+                &host.target,
+                &["/usr/local/bin/kumo", "agent", "container", "create"],
+            ),
+            Some(serde_json::to_vec(&request).expect("request")),
+        )
+        .await
+        .map_err(|e| format!("making container {} on {}: {e}", req.instance, host.target))?;
+        Ok(address)
     }
 
     /// The region's data directory (the containers' state is beside it).
@@ -362,6 +490,16 @@ impl ContainersProvider {
         args: Vec<String>,
         stdin: Option<Vec<u8>>,
     ) -> Result<(), String> {
+        self.ssh_output(target, args, stdin).await.map(drop)
+    }
+
+    /// [`Self::ssh`], returning what the command printed.
+    async fn ssh_output(
+        &self,
+        target: &SshTarget,
+        args: Vec<String>,
+        stdin: Option<Vec<u8>>,
+    ) -> Result<Vec<u8>, String> {
         let lab_key = self
             .data_dir()
             .map(|d| d.join("lab/id_ed25519"))
@@ -377,8 +515,33 @@ impl ContainersProvider {
             stdin,
         )
         .await
-        .map(drop)
     }
+}
+
+/// `argv` as run on `target` (`user@host`): through `sudo -n` unless the
+/// user is root.
+fn sudo_argv(target: &str, argv: &[&str]) -> Vec<String> {
+    let mut out: Vec<String> = argv.iter().map(|a| a.to_string()).collect();
+    if !target.starts_with("root@") && target.contains('@') {
+        out.splice(0..0, ["sudo".to_string(), "-n".to_string()]);
+    }
+    out
+}
+
+/// A host's address as an IPv4 address: a manual machine may be known by
+/// name.
+async fn host_ipv4(address: &str) -> Result<Ipv4Addr, String> {
+    if let Ok(a) = address.parse() {
+        return Ok(a);
+    }
+    tokio::net::lookup_host((address, 22))
+        .await
+        .map_err(|e| format!("resolving host {address}: {e}"))?
+        .find_map(|a| match a.ip() {
+            std::net::IpAddr::V4(v4) => Some(v4),
+            _ => None,
+        })
+        .ok_or_else(|| format!("host {address} has no IPv4 address"))
 }
 
 /// Runs `args` on `target` (`user@host`) over SSH without prompting:
@@ -457,13 +620,40 @@ fn copy_binary(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<
 #[async_trait]
 impl Provider for ContainersProvider {
     async fn provision(&self, req: &ProvisionRequest) -> Result<String, String> {
+        if let Some(host) = &req.host {
+            return self.provision_host_container(req, host).await;
+        }
         match req.kind {
             ProviderKind::Containers => self.provision_container(req).await,
             ProviderKind::Manual | ProviderKind::Metal => self.provision_manual(req).await,
         }
     }
 
-    async fn destroy(&self, kind: ProviderKind, instance: &str) -> Result<(), String> {
+    async fn destroy(
+        &self,
+        kind: ProviderKind,
+        instance: &str,
+        host: Option<&HostRef>,
+    ) -> Result<(), String> {
+        if let Some(host) = host {
+            // The host may be gone already (released, unreachable): its
+            // containers went with it.
+            let target = self.ssh_target(kind, &host.instance, &host.target);
+            let argv = sudo_argv(
+                &host.target,
+                &[
+                    "/usr/local/bin/kumo",
+                    "agent",
+                    "container",
+                    "destroy",
+                    instance,
+                ],
+            );
+            if let Err(e) = self.ssh(&target, argv, None).await {
+                tracing::warn!("removing container {instance} from {}: {e}", host.target);
+            }
+            return Ok(());
+        }
         match kind {
             ProviderKind::Containers => self
                 .containers

@@ -166,3 +166,45 @@ async fn postgres_restart_keeps_the_model() {
     let (_store, url) = kumo_store::testing::postgres().await;
     restart_keeps_the_model(url).await;
 }
+
+/// `lxd:N` on a manual machine: the container goes on that host over SSH
+/// as the user the machine was added with, once the host has its agent.
+#[tokio::test]
+async fn a_container_on_a_manual_machine_goes_on_it_over_ssh() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("kumo.db").display());
+    let provider = Arc::new(Recorder::default());
+    let c = open(
+        Store::open(&url).await.unwrap(),
+        dir.path(),
+        provider.clone(),
+    )
+    .await;
+    c.bootstrap(bootstrap()).await.unwrap();
+    c.add_model("hosts", Some("manual"), None).await.unwrap();
+    let add = |placement: &str| kumo_model::orchestra::AddMachines {
+        placement: Some(placement.into()),
+        count: 1,
+        constraints: None,
+    };
+    c.add_machines("hosts", &add("ssh:ops@10.0.0.30"))
+        .await
+        .unwrap();
+    c.add_machines("hosts", &add("lxd:0")).await.unwrap();
+    c.provision_pending().await.unwrap();
+    c.provision_pending().await.unwrap();
+    let reqs = provider.0.lock().unwrap().clone();
+    assert_eq!(reqs.len(), 2, "{reqs:?}");
+    assert_eq!(reqs[0].host, None);
+    let host = reqs[1].host.as_ref().expect("the container's host");
+    assert_eq!(
+        (host.target.as_str(), host.address.as_str()),
+        ("ops@10.0.0.30", "10.0.0.30")
+    );
+    assert_eq!(reqs[1].address.as_deref(), Some("10.0.0.100"));
+    c.destroy_model("hosts").await.unwrap();
+    assert_eq!(
+        provider.1.lock().unwrap()[0],
+        format!("{} on ops@10.0.0.30", reqs[1].instance)
+    );
+}

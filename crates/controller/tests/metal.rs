@@ -4,7 +4,8 @@
 //! once, deployed, waited for and given an agent over SSH when deployed;
 //! a restarted controller resumes with the machine it recorded instead of
 //! allocating another; a miss leaves the machine in error naming the
-//! constraint; `lxd:N` is refused; destroying the model releases.
+//! constraint; containers on a machine (`lxd:N`) wait for it and go on it
+//! over SSH; `ssh:` placements are refused; destroying the model releases.
 
 mod common;
 
@@ -218,12 +219,12 @@ async fn metal_machines_are_allocated_by_constraints_deployed_resumed_and_releas
         .upload_charm(&charm_tar("name: web\nsummary: w\n"))
         .unwrap();
 
-    // `lxd:N` on a metal model is refused before anything changes.
+    // `ssh:` on a metal model is refused before anything changes.
     let refused = c
         .add_machines(
             "m",
             &AddMachines {
-                placement: Some("lxd:0".into()),
+                placement: Some("ssh:root@10.0.0.9".into()),
                 count: 1,
                 constraints: None,
             },
@@ -231,7 +232,10 @@ async fn metal_machines_are_allocated_by_constraints_deployed_resumed_and_releas
         .await
         .unwrap_err();
     assert!(refused.to_string().contains("metal"), "{refused}");
-    assert!(refused.to_string().contains("lxd:0"), "{refused}");
+    assert!(
+        refused.to_string().contains("ssh:root@10.0.0.9"),
+        "{refused}"
+    );
 
     // A unit without a machine gets one by the application's constraints.
     let deploy = Deploy {
@@ -248,13 +252,13 @@ async fn metal_machines_are_allocated_by_constraints_deployed_resumed_and_releas
             "m",
             &Deploy {
                 application: Some("web2".into()),
-                to: vec!["lxd:0".into()],
+                to: vec!["lxd:7".into()],
                 ..deploy.clone()
             },
         )
         .await
         .unwrap_err();
-    assert!(refused.to_string().contains("not supported"), "{refused}");
+    assert!(refused.to_string().contains("no machine 7"), "{refused}");
     // No region machine has this tag.
     c.add_machines(
         "m",
@@ -444,4 +448,89 @@ async fn metal_model_with_a_machine(
     .await
     .unwrap();
     (c, dir)
+}
+
+#[tokio::test]
+async fn a_container_on_a_metal_machine_waits_for_it_then_goes_on_it_over_ssh() {
+    let region = Arc::new(FakeRegion::with(&[("aaa111", "node1", &[])]));
+    let clock = Arc::new(ManualClock::new(1_000));
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("kumo.db").display());
+    let provider = Arc::new(Recorder::default());
+    let c = open(&url, dir.path(), provider.clone(), region.clone(), clock).await;
+    c.bootstrap(bootstrap()).await.unwrap();
+    c.add_model("m", Some("metal"), Some("alice"))
+        .await
+        .unwrap();
+    let add = |placement: Option<&str>| AddMachines {
+        placement: placement.map(String::from),
+        count: 1,
+        constraints: None,
+    };
+    assert_eq!(c.add_machines("m", &add(None)).await.unwrap(), ["0"]);
+    assert_eq!(
+        c.add_machines("m", &add(Some("lxd:0"))).await.unwrap(),
+        ["0/lxd/0"]
+    );
+
+    // The host is allocated and deploying: the container waits.
+    c.provision_pending().await.unwrap();
+    let (state, message, _) = machine(&c.status("m").await.unwrap(), "0/lxd/0");
+    assert_eq!(
+        (state.as_str(), message.as_str()),
+        ("pending", "waiting for machine 0")
+    );
+    assert!(provider.0.lock().unwrap().is_empty());
+
+    // Deployed: its agent goes on, then the container, on the host over
+    // SSH, with an address from the controller's range.
+    region.set("aaa111", |m| {
+        m.status = MachineStatus::Deployed;
+        m.addresses = vec!["10.0.0.21".into()];
+    });
+    c.provision_pending().await.unwrap();
+    c.provision_pending().await.unwrap();
+    let reqs = provider.0.lock().unwrap().clone();
+    assert_eq!(reqs.len(), 2, "{reqs:?}");
+    let container = &reqs[1];
+    assert_eq!(container.agent.machine, "0/lxd/0");
+    assert_eq!(container.kind, ProviderKind::Metal);
+    assert_eq!(container.address.as_deref(), Some("10.0.0.100"));
+    let host = container.host.as_ref().expect("a host");
+    assert_eq!(
+        (
+            host.instance.as_str(),
+            host.target.as_str(),
+            host.address.as_str()
+        ),
+        ("aaa111", "debian@10.0.0.21", "10.0.0.21")
+    );
+    let s = c.status("m").await.unwrap();
+    assert_eq!(s.machines["0/lxd/0"].address.as_deref(), Some("10.0.0.100"));
+    // Nothing more for either.
+    c.provision_pending().await.unwrap();
+    assert_eq!(provider.0.lock().unwrap().len(), 2);
+
+    // The host is not given back while it hosts the container.
+    let refused = c.remove_machine("m", "0").await.unwrap_err();
+    assert!(
+        refused.to_string().contains("hosts container 0/lxd/0"),
+        "{refused}"
+    );
+    // The container is removed from its host; only the host goes back to
+    // the region.
+    c.destroy_model("m").await.unwrap();
+    let removed = provider.1.lock().unwrap().clone();
+    assert_eq!(
+        removed[0],
+        format!("{} on debian@10.0.0.21", container.instance)
+    );
+    assert_eq!(
+        region
+            .calls()
+            .iter()
+            .filter(|c| c.starts_with("release"))
+            .collect::<Vec<_>>(),
+        ["release alice aaa111"]
+    );
 }

@@ -30,7 +30,12 @@ impl Provider for Gate {
         }
         Ok(req.address.clone().unwrap_or_default())
     }
-    async fn destroy(&self, _: ProviderKind, _: &str) -> Result<(), String> {
+    async fn destroy(
+        &self,
+        _: ProviderKind,
+        _: &str,
+        _: Option<&kumo_controller::HostRef>,
+    ) -> Result<(), String> {
         Ok(())
     }
 }

@@ -252,6 +252,25 @@ pub enum AgentCommand {
     /// Run a model machine's agent (the systemd service kumo installs):
     /// long-poll the controller and run each unit's charm hooks.
     Machine(AgentMachineArgs),
+    /// Containers on this machine (`lxd:N`), as the controller asks for
+    /// them over SSH; run as root.
+    Container {
+        #[command(subcommand)]
+        command: AgentContainerCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AgentContainerCommand {
+    /// Make (or remake) and boot a container from the controller's JSON
+    /// request on standard input; prints its address.
+    Create,
+    /// Boot a made container (its `kumo-container@NAME` unit runs this).
+    Start { name: String },
+    /// Power a container off.
+    Stop { name: String },
+    /// Stop and remove a container; a missing one is no error.
+    Destroy { name: String },
 }
 
 #[derive(Args, Debug)]

@@ -57,7 +57,9 @@ pub const ROOT_LABEL: &str = "kumo-root";
 /// machine plainly needs: e2fsprogs (fsck at boot, resize2fs) and
 /// cloud-guest-utils (growpart), so cloud-init grows the root partition
 /// to the whole disk, which is bigger than the image; zstd for the
-/// initramfs; initramfs-tools named so apt picks no other generator.
+/// initramfs; initramfs-tools named so apt picks no other generator;
+/// systemd-container (systemd-nspawn), so a deployed machine can host a
+/// model's containers (`lxd:N`) without reaching a package mirror.
 pub const PACKAGES: &[&str] = &[
     "linux-image-amd64",
     "grub-pc",
@@ -76,6 +78,7 @@ pub const PACKAGES: &[&str] = &[
     "cloud-guest-utils",
     "initramfs-tools",
     "zstd",
+    "systemd-container",
 ];
 
 /// Units a server deployed to run one job does without, each costing

@@ -10,6 +10,7 @@ mod cli_net;
 mod cli_scripts;
 mod config;
 mod disk_image;
+mod host_container;
 mod images;
 mod lab;
 mod output;
@@ -81,6 +82,12 @@ async fn run(args: cli::Cli) -> Result<()> {
         cli::Command::Agent {
             command: cli::AgentCommand::Machine(a),
         } => agent_machine(a).await,
+        cli::Command::Agent {
+            command: cli::AgentCommand::Container { command },
+        } => {
+            init_agent_logging();
+            host_container::run(command).await
+        }
         cli::Command::Lab { command } => lab::run(command, args.format).await,
         cmd => cli::run_client_command(cmd, args.profile.as_deref(), args.format).await,
     }

@@ -282,7 +282,25 @@ fn two_qemu_machines_enlist_commission_deploy_answer_ssh_and_release() {
         "--password",
         "correct-horse",
     ]);
-    h.spawn_kumo(&["region", "serve"], "region.log");
+    // The container root filesystem the other suites use, built once
+    // here, where the mirror is reachable (the rack host is not).
+    let containers_cache = repo_cache().join("containers");
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(kumo_containers::ensure_rootfs(
+            &containers_cache,
+            &kumo_containers::RootfsSpec::bookworm(),
+        ))
+        .expect("the container root filesystem");
+    h.spawn_kumo(
+        &[
+            "region",
+            "serve",
+            "--containers-cache",
+            containers_cache.to_str().unwrap(),
+        ],
+        "region.log",
+    );
     wait_until("the region to answer", 30, || {
         h.kumo(&["machines", "list"]).status.success()
     });
@@ -312,6 +330,16 @@ fn two_qemu_machines_enlist_commission_deploy_answer_ssh_and_release() {
         "dynamic",
         "10.217.0.100",
         "10.217.0.150",
+    ]);
+    // The controller's container addresses (its --address-range): the
+    // region gives them to no machine.
+    h.ok(&[
+        "ipranges",
+        "create",
+        "10.217.0.0/24",
+        "reserved",
+        "10.217.0.200",
+        "10.217.0.220",
     ]);
     h.ok(&["vlans", "update", "fabric-0", "0", "--dhcp", "on"]);
     h.spawn_kumo(
@@ -619,6 +647,68 @@ fn two_qemu_machines_enlist_commission_deploy_answer_ssh_and_release() {
         String::from_utf8_lossy(&out.stderr)
     );
     h.ok(&["remove-machine", "0", "-m", "m"]);
+
+    // A unit in a container on the controller's machine (`lxd:1`): the
+    // machine's interface is bridged, the controller's root filesystem is
+    // copied over, and the container boots as a unit of the machine's
+    // systemd with an address from the controller's range.
+    let in_container = Instant::now();
+    h.ok(&["add-unit", "hello", "-m", "m", "--to", "lxd:1"]);
+    wait_until(
+        "the unit in a container on machine 1 to be active",
+        900,
+        || {
+            let s = h.json(&["status", "-m", "m"]);
+            let m = &s["machines"]["1/lxd/0"];
+            assert_ne!(m["state"], "error", "the container: {m}");
+            s["units"]["hello/1"]["workload"] == "active"
+        },
+    );
+    eprintln!(
+        "add-unit --to lxd:1 → unit active in {:.1} s",
+        in_container.elapsed().as_secs_f64()
+    );
+    let s = h.json(&["status", "-m", "m"]);
+    let container = s["machines"]["1/lxd/0"].clone();
+    let name = container["instance"].as_str().unwrap().to_owned();
+    let address = container["address"].as_str().unwrap().to_owned();
+    assert!(address.starts_with("10.217.0.2"), "{container}");
+    assert_eq!(
+        s["units"]["hello/1"]["message"],
+        format!("running on {name}"),
+        "{s}"
+    );
+    let out = ssh(&h, &key, &ip)
+        .arg(format!(
+            "ip -4 -o addr show kumobr0; sudo -n systemctl is-active kumo-container@{name}"
+        ))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains(&format!("inet {ip}/24")), "{said}");
+    assert!(said.trim_end().ends_with("active"), "{said}");
+    // Reachable from outside its host, on the machines' network.
+    let out = h
+        .on_rack("ping")
+        .args(["-c", "1", "-W", "5", &address])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ping {address}: {out:?}");
+    // Removed from its host with the machine.
+    h.ok(&["remove-unit", "hello/1", "-m", "m"]);
+    wait_until("the unit in the container to go", 120, || {
+        h.json(&["status", "-m", "m"])["units"]
+            .get("hello/1")
+            .is_none()
+    });
+    h.ok(&["remove-machine", "1/lxd/0", "-m", "m"]);
+    let out = ssh(&h, &key, &ip)
+        .arg(format!(
+            "test -e /var/lib/kumo/containers/{name} && echo left || echo gone"
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "gone");
 
     // Release: one with quick erase by hand, the controller's by
     // destroying its model (the region's default erase). The disks are

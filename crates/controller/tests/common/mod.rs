@@ -9,18 +9,34 @@ use async_trait::async_trait;
 use kumo_controller::docs::ProviderKind;
 use kumo_controller::{Provider, ProvisionRequest};
 
-/// Records what it was asked to make; the machines are not real here (the
-/// containers provider is exercised by the orchestration e2e suite).
+/// Records what it was asked to make and remove; the machines are not
+/// real here (the containers provider is exercised by the orchestration
+/// e2e suite, containers on metal machines by `metal_e2e`).
 #[derive(Default)]
-pub struct Recorder(pub Mutex<Vec<ProvisionRequest>>);
+pub struct Recorder(pub Mutex<Vec<ProvisionRequest>>, pub Mutex<Vec<String>>);
 
 #[async_trait]
 impl Provider for Recorder {
     async fn provision(&self, req: &ProvisionRequest) -> Result<String, String> {
         self.0.lock().unwrap().push(req.clone());
-        Ok(req.address.clone().unwrap_or_default())
+        // As the real one: a manual machine's address is its SSH host.
+        let ssh_host = req
+            .placement
+            .as_deref()
+            .and_then(|p| p.rsplit(['@', ':']).next())
+            .map(String::from);
+        Ok(req.address.clone().or(ssh_host).unwrap_or_default())
     }
-    async fn destroy(&self, _: ProviderKind, _: &str) -> Result<(), String> {
+    async fn destroy(
+        &self,
+        _: ProviderKind,
+        instance: &str,
+        host: Option<&kumo_controller::HostRef>,
+    ) -> Result<(), String> {
+        let on = host
+            .map(|h| format!(" on {}", h.target))
+            .unwrap_or_default();
+        self.1.lock().unwrap().push(format!("{instance}{on}"));
         Ok(())
     }
 }
