@@ -252,26 +252,8 @@ impl ContainersProvider {
                 b.bridge
             ));
         }
-        let mut spec = kumo_containers::RootfsSpec::bookworm();
-        spec.extra_packages = self.extra_packages.clone();
-        let rootfs = kumo_containers::ensure_rootfs(&self.cache_dir, &spec)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut files = vec![
-            kumo_containers::InjectedFile::new(
-                "/etc/kumo/agent.json",
-                serde_json::to_vec_pretty(&req.agent).expect("agent config"),
-                0o600,
-            ),
-            kumo_containers::InjectedFile::new(
-                "/etc/systemd/system/kumo-agent.service",
-                agent_unit(),
-                0o644,
-            ),
-        ];
-        if let Some(p) = &b.apt_proxy {
-            files.push(kumo_containers::apt_proxy_file(p));
-        }
+        let rootfs = self.rootfs().await?;
+        let files = agent_files(req);
         let spec = kumo_containers::ContainerSpec {
             name: req.instance.clone(),
             hostname: req.hostname.clone(),
@@ -370,11 +352,7 @@ impl ContainersProvider {
             .clone()
             .ok_or_else(|| format!("container {}: no address chosen", req.instance))?;
         let host_address = host_ipv4(&host.address).await?;
-        let mut spec = kumo_containers::RootfsSpec::bookworm();
-        spec.extra_packages = self.extra_packages.clone();
-        let rootfs = kumo_containers::ensure_rootfs(&self.cache_dir, &spec)
-            .await
-            .map_err(|e| e.to_string())?;
+        let rootfs = self.rootfs().await?;
         let file_name = rootfs
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -410,21 +388,7 @@ impl ContainersProvider {
             .await
             .map_err(|e| format!("copying the root filesystem to {}: {e}", host.target))?;
         }
-        let mut files = vec![
-            kumo_containers::InjectedFile::new(
-                "/etc/kumo/agent.json",
-                serde_json::to_vec_pretty(&req.agent).expect("agent config"),
-                0o600,
-            ),
-            kumo_containers::InjectedFile::new(
-                "/etc/systemd/system/kumo-agent.service",
-                agent_unit(),
-                0o644,
-            ),
-        ];
-        if let Some(p) = &b.apt_proxy {
-            files.push(kumo_containers::apt_proxy_file(p));
-        }
+        let files = agent_files(req);
         let request = HostContainerRequest {
             name: req.instance.clone(),
             hostname: req.hostname.clone(),
@@ -446,6 +410,15 @@ impl ContainersProvider {
         .await
         .map_err(|e| format!("making container {} on {}: {e}", req.instance, host.target))?;
         Ok(address)
+    }
+
+    /// The bookworm root filesystem tarball, built once.
+    async fn rootfs(&self) -> Result<PathBuf, String> {
+        let mut spec = kumo_containers::RootfsSpec::bookworm();
+        spec.extra_packages = self.extra_packages.clone();
+        kumo_containers::ensure_rootfs(&self.cache_dir, &spec)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// The region's data directory (the containers' state is beside it).
@@ -516,6 +489,27 @@ impl ContainersProvider {
         )
         .await
     }
+}
+
+/// What a container machine's agent is made of: its config, its unit and
+/// the controller's APT proxy, if any.
+fn agent_files(req: &ProvisionRequest) -> Vec<kumo_containers::InjectedFile> {
+    let mut files = vec![
+        kumo_containers::InjectedFile::new(
+            "/etc/kumo/agent.json",
+            serde_json::to_vec_pretty(&req.agent).expect("agent config"),
+            0o600,
+        ),
+        kumo_containers::InjectedFile::new(
+            "/etc/systemd/system/kumo-agent.service",
+            agent_unit(),
+            0o644,
+        ),
+    ];
+    if let Some(p) = &req.bootstrap.apt_proxy {
+        files.push(kumo_containers::apt_proxy_file(p));
+    }
+    files
 }
 
 /// `argv` as run on `target` (`user@host`): through `sudo -n` unless the

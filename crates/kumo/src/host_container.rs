@@ -62,10 +62,15 @@ pub async fn run(cmd: AgentContainerCommand) -> Result<()> {
             )
             .with_context(|| format!("parsing {HOST_FILE}"))?;
             bridge(&host.host_address).await?;
-            containers
-                .start(&name)
-                .await
-                .with_context(|| format!("starting container {name}"))
+            match containers.start(&name).await {
+                // Slow, not broken (a loaded machine, host keys being
+                // made): failing here would have systemd kill it.
+                Err(e @ kumo_containers::Error::BootTimeout { .. }) => {
+                    tracing::warn!("container {name} is still booting: {e}");
+                    Ok(())
+                }
+                other => other.with_context(|| format!("starting container {name}")),
+            }
         }
         AgentContainerCommand::Stop { name } => containers
             .stop(&name)

@@ -679,14 +679,20 @@ fn two_qemu_machines_enlist_commission_deploy_answer_ssh_and_release() {
         "{s}"
     );
     let out = ssh(&h, &key, &ip)
-        .arg(format!(
-            "ip -4 -o addr show kumobr0; sudo -n systemctl is-active kumo-container@{name}"
-        ))
+        .arg("ip -4 -o addr show kumobr0")
         .output()
         .unwrap();
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains(&format!("inet {ip}/24")), "{said}");
-    assert!(said.trim_end().ends_with("active"), "{said}");
+    // Its unit is active once systemd inside says it finished booting,
+    // which may come after the agent is up.
+    wait_until("the container's unit to be active", 300, || {
+        let out = ssh(&h, &key, &ip)
+            .arg(format!("sudo -n systemctl is-active kumo-container@{name}"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim() == "active"
+    });
     // Reachable from outside its host, on the machines' network.
     let out = h
         .on_rack("ping")
