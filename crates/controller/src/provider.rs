@@ -600,7 +600,9 @@ struct SshTarget {
     known_hosts: PathBuf,
 }
 
-fn copy_binary(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+/// Installs `from` at `to` (mode 755) through a temporary file beside it,
+/// so a running copy of `to` is replaced, never half-written.
+pub fn copy_binary(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(dir) = to.parent() {
         std::fs::create_dir_all(dir)?;

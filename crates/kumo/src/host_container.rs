@@ -153,7 +153,10 @@ async fn create(containers: &Containers, req: HostContainerRequest) -> Result<()
         other => other?,
     }
     let agent = containers.rootfs_dir(&req.name).join("usr/local/bin/kumo");
-    install_self(&agent)?;
+    // This binary is the container's agent too.
+    let me = std::env::current_exe().context("finding this kumo binary")?;
+    kumo_controller::provider::copy_binary(&me, &agent)
+        .with_context(|| format!("installing the agent in {}", agent.display()))?;
     if std::fs::read_to_string(UNIT_PATH).ok().as_deref() != Some(UNIT) {
         std::fs::write(UNIT_PATH, UNIT).with_context(|| format!("writing {UNIT_PATH}"))?;
         systemctl(&["daemon-reload"]).await?;
@@ -167,21 +170,6 @@ async fn create(containers: &Containers, req: HostContainerRequest) -> Result<()
         bail!("{e:#}; console.log ends:\n{}", tail.join("\n"));
     }
     println!("{address}");
-    Ok(())
-}
-
-/// Copies this binary into the container as its agent.
-fn install_self(to: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let me = std::env::current_exe().context("finding this kumo binary")?;
-    if let Some(dir) = to.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = to.with_extension("new");
-    std::fs::copy(&me, &tmp)
-        .with_context(|| format!("copying {} to {}", me.display(), tmp.display()))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
-    std::fs::rename(&tmp, to)?;
     Ok(())
 }
 
