@@ -49,6 +49,11 @@ pub struct Args {
     /// those of ordinary scheduling.
     #[arg(long)]
     rt_priority: Option<u8>,
+    /// How kumo attaches its XDP answer path (auto, native or generic).
+    /// Auto is generic on a veth: native XDP there sends replies only to
+    /// a peer that runs XDP itself, which the client side here does not.
+    #[arg(long, default_value = "auto")]
+    xdp_mode: String,
     /// Servers to measure, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "kumo,bind,dnsmasq")]
     servers: Vec<Peer>,
@@ -57,6 +62,9 @@ pub struct Args {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Peer {
     Kumo,
+    /// kumo with the XDP answer path off: its sockets alone.
+    #[value(skip)]
+    KumoSockets,
     /// kumo with one UDP thread and no reply cache.
     #[value(skip)]
     KumoBaseline,
@@ -107,7 +115,8 @@ pub async fn run(a: Args) -> Result<()> {
     let mut peers = a.servers.clone();
     if a.baseline && peers.contains(&Peer::Kumo) {
         let at = peers.iter().position(|p| *p == Peer::Kumo).unwrap_or(0);
-        peers.insert(at + 1, Peer::KumoBaseline);
+        peers.insert(at + 1, Peer::KumoSockets);
+        peers.insert(at + 2, Peer::KumoBaseline);
     }
     for round in 1..=a.rounds {
         for &peer in &peers {
@@ -270,11 +279,26 @@ async fn bench_one(
             cmd.arg("serve-dns")
                 .args(["--listen", &format!("{}:53", lab.server_ip)])
                 .arg("--zones")
-                .arg(&path);
+                .arg(&path)
+                .args(["--xdp", &lab.server_if, "--xdp-mode", &a.xdp_mode]);
             (
                 "kumo",
-                "authoritative; UDP threads (recvmmsg/sendmmsg batches), reply cache",
+                "authoritative; repeated queries answered in XDP, the rest as kumo-sock",
                 Daemon::spawn("kumo dns", cmd, &dir.join("kumo-dns.log"))?,
+            )
+        }
+        Peer::KumoSockets => {
+            let path = dir.join("kumo-zones.json");
+            std::fs::write(&path, serde_json::to_vec(zones)?)?;
+            let mut cmd = scheduled(a, |p| lab.server_cmd(p), lab::this_exe()?);
+            cmd.arg("serve-dns")
+                .args(["--listen", &format!("{}:53", lab.server_ip)])
+                .arg("--zones")
+                .arg(&path);
+            (
+                "kumo-sock",
+                "authoritative; UDP threads (recvmmsg/sendmmsg batches), reply cache",
+                Daemon::spawn("kumo dns", cmd, &dir.join("kumo-dns-sock.log"))?,
             )
         }
         Peer::KumoBaseline => {
@@ -347,6 +371,16 @@ async fn bench_one(
     let stopped = daemon.stop().await;
     let (text, _) = result?;
     stopped?;
+    if peer == Peer::Kumo {
+        // Where the answers came from (XDP or the sockets), or why XDP was not used.
+        let log = std::fs::read_to_string(dir.join("kumo-dns.log")).unwrap_or_default();
+        for line in log
+            .lines()
+            .filter(|l| l.contains("xdp") || l.contains("counters"))
+        {
+            println!("    kumo: {line}");
+        }
+    }
     let f = |k: &str| lab::field(&text, k).with_context(|| format!("no {k:?} in:\n{text}"));
     let latency = text
         .lines()

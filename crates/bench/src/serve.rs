@@ -44,6 +44,12 @@ pub struct DnsArgs {
     /// Replies cached per UDP thread [default: the shell's]; 0 disables the cache.
     #[arg(long)]
     cache_entries: Option<usize>,
+    /// Answer repeated queries in XDP on this interface (the one `--listen` is on).
+    #[arg(long)]
+    xdp: Option<String>,
+    /// auto, native or generic.
+    #[arg(long, default_value = "auto")]
+    xdp_mode: kumo_dns::XdpMode,
 }
 
 #[derive(clap::Args, Debug)]
@@ -112,9 +118,16 @@ pub async fn dns(a: DnsArgs) -> Result<()> {
     if let Some(n) = a.cache_entries {
         shell.udp_cache_entries = n;
     }
-    kumo_dns::run(a.listen, server, shell, terminated())
+    shell.xdp = a.xdp.map(|interface| kumo_dns::XdpConfig {
+        interface,
+        mode: a.xdp_mode,
+    });
+    kumo_dns::run(a.listen, server.clone(), shell, terminated())
         .await
-        .context("kumo dns")
+        .context("kumo dns")?;
+    // In the log, so a run shows where its answers came from.
+    eprintln!("kumo dns counters at exit: {:?}", server.counters());
+    Ok(())
 }
 
 pub async fn tftp(a: TftpArgs) -> Result<()> {

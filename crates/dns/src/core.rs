@@ -3,8 +3,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::atomic::{
+    AtomicU64,
+    Ordering::{Relaxed, SeqCst},
+};
+use std::sync::{Arc, Mutex, Weak};
 
 use arc_swap::ArcSwap;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
@@ -114,6 +117,9 @@ pub struct Counters {
     pub forwarded: u64,
     pub forward_failed: u64,
     pub malformed_dropped: u64,
+    /// Of `answered`, those sent by an [`Offload`] (the XDP path) for the
+    /// server.
+    pub offloaded: u64,
 }
 
 #[derive(Default)]
@@ -131,6 +137,18 @@ struct AtomicCounters {
 pub struct Server {
     catalog: ArcSwap<Catalog>,
     counters: AtomicCounters,
+    /// Bumped by every reload, after the new zones are in.
+    generation: AtomicU64,
+    offloads: Mutex<Vec<Weak<dyn Offload>>>,
+}
+
+/// Something answering on the server's behalf outside it (the shell's
+/// XDP path), told of reloads and counted with the server.
+pub trait Offload: Send + Sync {
+    /// The zones of `generation` are in force: stop sending older answers.
+    fn reloaded(&self, generation: u64);
+    /// Its counts, added to [`Server::counters`].
+    fn counters(&self) -> Counters;
 }
 
 impl Server {
@@ -138,26 +156,65 @@ impl Server {
         Ok(Server {
             catalog: ArcSwap::from_pointee(Catalog::compile(zones)?),
             counters: AtomicCounters::default(),
+            generation: AtomicU64::new(0),
+            offloads: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Which zones are in force: 0 at first, one more after each reload.
+    /// Read before answering, it labels the answer (a reload in between
+    /// makes the label old, never the answer newer than it).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(SeqCst)
+    }
+
+    /// Tells `offload` of every reload from now on, and adds its counts
+    /// to [`Server::counters`] while it lives.
+    pub fn add_offload(&self, offload: Weak<dyn Offload>) {
+        let mut offloads = self.offloads.lock().unwrap_or_else(|e| e.into_inner());
+        offloads.retain(|o| o.strong_count() > 0);
+        offloads.push(offload);
+    }
+
+    fn live_offloads(&self) -> Vec<Arc<dyn Offload>> {
+        let offloads = self.offloads.lock().unwrap_or_else(|e| e.into_inner());
+        offloads.iter().filter_map(Weak::upgrade).collect()
     }
 
     /// Validates `zones` and serves them from the next query on. An invalid
     /// set is refused and the current one kept.
     pub fn reload(&self, zones: &ZoneSet) -> Result<(), Error> {
         self.catalog.store(Arc::new(Catalog::compile(zones)?));
+        let generation = self.generation.fetch_add(1, SeqCst) + 1;
+        for o in self.live_offloads() {
+            o.reloaded(generation);
+        }
         Ok(())
     }
 
+    /// The server's counts, with those of its offloads.
     pub fn counters(&self) -> Counters {
         let c = &self.counters;
-        Counters {
+        let mut total = Counters {
             queries: c.queries.load(Relaxed),
             answered: c.answered.load(Relaxed),
             nxdomain: c.nxdomain.load(Relaxed),
             forwarded: c.forwarded.load(Relaxed),
             forward_failed: c.forward_failed.load(Relaxed),
             malformed_dropped: c.malformed_dropped.load(Relaxed),
+            offloaded: 0,
+        };
+        for o in self.live_offloads() {
+            let x = o.counters();
+            total.queries += x.queries;
+            total.answered += x.answered;
+            total.nxdomain += x.nxdomain;
+            total.forwarded += x.forwarded;
+            total.forward_failed += x.forward_failed;
+            total.malformed_dropped += x.malformed_dropped;
+            total.offloaded += x.offloaded;
         }
+        total
     }
 
     /// No upstream answered `forward`: counts it and returns the SERVFAIL

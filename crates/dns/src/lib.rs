@@ -36,15 +36,17 @@
 
 mod core;
 mod shell;
+mod xdp;
 mod zone;
 
 use std::net::SocketAddr;
 
 pub use crate::core::{
-    AnswerCache, Counters, Forward, Handled, Outcome, Server, Transport, EDNS_PAYLOAD,
+    AnswerCache, Counters, Forward, Handled, Offload, Outcome, Server, Transport, EDNS_PAYLOAD,
     MAX_UDP_PAYLOAD,
 };
 pub use shell::{run, Listener, ShellConfig};
+pub use xdp::{XdpAnswers, XdpConfig, XdpCounters, XdpMode, OBJECT as XDP_OBJECT};
 pub use zone::{Record, RecordData, Soa, Zone, ZoneDefaults, ZoneSet};
 
 /// Everything that can go wrong in kumo-dns.
@@ -62,6 +64,8 @@ pub enum Error {
     Host { fqdn: String, reason: String },
     #[error("upstream {0} has port 0")]
     Upstream(SocketAddr),
+    #[error("dns xdp on {interface}: {reason}")]
+    Xdp { interface: String, reason: String },
     #[error("dns socket {addr}")]
     Socket {
         addr: SocketAddr,

@@ -28,7 +28,9 @@ use tokio::task::JoinSet;
 use tokio::time::{timeout, timeout_at, Instant};
 
 use crate::core::MAX_UDP_PAYLOAD;
-use crate::{AnswerCache, Error, Forward, Handled, Outcome, Server, Transport};
+use crate::{
+    AnswerCache, Error, Forward, Handled, Outcome, Server, Transport, XdpAnswers, XdpConfig,
+};
 
 /// Limits and timeouts of the shell.
 #[derive(Clone, Debug)]
@@ -47,6 +49,10 @@ pub struct ShellConfig {
     /// Replies each UDP thread remembers ([`Server::handle_udp_cached`]);
     /// 0 answers every query afresh.
     pub udp_cache_entries: usize,
+    /// Answer repeated IPv4 queries in XDP on this interface
+    /// ([`XdpAnswers`]). If the program cannot be attached, the listener
+    /// says why and serves from its socket alone.
+    pub xdp: Option<XdpConfig>,
 }
 
 impl Default for ShellConfig {
@@ -58,6 +64,7 @@ impl Default for ShellConfig {
             max_pending_forwards: 1024,
             udp_workers: std::thread::available_parallelism().map_or(1, usize::from),
             udp_cache_entries: 16384,
+            xdp: None,
         }
     }
 }
@@ -120,7 +127,11 @@ impl Listener {
         let addr = self.local_addr();
         let connections = Arc::new(Semaphore::new(config.max_tcp_connections));
         let (jobs_tx, mut jobs) = mpsc::unbounded_channel();
-        let mut udp = UdpThreads::start(self.udp, &server, &config, jobs_tx)
+        let xdp = config
+            .xdp
+            .as_ref()
+            .and_then(|x| attach_xdp(x, addr, &server));
+        let mut udp = UdpThreads::start(self.udp, &server, &config, xdp.clone(), jobs_tx)
             .map_err(|source| Error::Socket { addr, source })?;
         let mut tasks = JoinSet::new();
         tokio::pin!(shutdown);
@@ -166,6 +177,8 @@ impl Listener {
             }
         }
         let threads = udp.stop();
+        // Detaches the program: from here on the socket hears everything.
+        drop(xdp);
         tasks.shutdown().await;
         // They were woken and exit at once.
         let _ = tokio::task::spawn_blocking(move || {
@@ -189,6 +202,25 @@ pub async fn run(
         .await?
         .serve(server, config, shutdown)
         .await
+}
+
+/// The XDP answer path for `addr`, or `None` (said in the log) when it
+/// cannot be had: the listener then answers everything from its socket.
+fn attach_xdp(cfg: &XdpConfig, addr: SocketAddr, server: &Server) -> Option<Arc<XdpAnswers>> {
+    let SocketAddr::V4(v4) = addr else {
+        tracing::warn!(%addr, interface = %cfg.interface, "dns xdp answers IPv4 only; serving from the socket");
+        return None;
+    };
+    match XdpAnswers::attach(cfg, v4, server) {
+        Ok(x) => {
+            tracing::info!(%addr, interface = %cfg.interface, mode = ?x.mode(), "dns xdp answer path attached");
+            Some(x)
+        }
+        Err(e) => {
+            tracing::warn!(%addr, error = %e, "serving from the socket only");
+            None
+        }
+    }
 }
 
 fn local_addr(s: &Socket) -> io::Result<SocketAddr> {
@@ -239,6 +271,7 @@ impl UdpThreads {
         socket: Socket,
         server: &Arc<Server>,
         config: &ShellConfig,
+        xdp: Option<Arc<XdpAnswers>>,
         jobs: mpsc::UnboundedSender<ForwardJob>,
     ) -> io::Result<UdpThreads> {
         let crew = Arc::new(Crew {
@@ -259,6 +292,7 @@ impl UdpThreads {
                 cache: AnswerCache::new(config.udp_cache_entries),
                 forwards: forwards.clone(),
                 jobs: jobs.clone(),
+                xdp: xdp.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("dns-udp-{i}"))
@@ -304,6 +338,7 @@ struct UdpWorker {
     cache: AnswerCache,
     forwards: Arc<Semaphore>,
     jobs: mpsc::UnboundedSender<ForwardJob>,
+    xdp: Option<Arc<XdpAnswers>>,
 }
 
 impl UdpWorker {
@@ -343,8 +378,18 @@ impl UdpWorker {
             }
             for i in 0..n {
                 let (query, reply, peer) = batch.slot(i);
+                // Read before answering: see `Server::generation`.
+                let generation = self.server.generation();
                 let send = match self.server.handle_udp_into(&mut self.cache, query, reply) {
-                    Handled::Reply => true,
+                    Handled::Reply => {
+                        // With XDP attached, a query here was missed there
+                        // (or could not be answered there, which the map
+                        // skips by size): next time, XDP answers it.
+                        if let Some(x) = &self.xdp {
+                            x.remember(generation, query, reply);
+                        }
+                        true
+                    }
                     Handled::Drop => false,
                     Handled::Forward(f) => self.forward(f, &peer, reply),
                 };

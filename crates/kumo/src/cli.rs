@@ -332,6 +332,13 @@ pub struct RackServeArgs {
     /// Serve no DNS (machines get the subnets' own DNS servers only).
     #[arg(long)]
     pub no_dns: bool,
+    /// Answer repeated DNS queries in XDP, in the kernel's driver, before
+    /// the socket (auto, native or generic; auto is native where the
+    /// driver has it, generic on veths and elsewhere). Needs a kernel
+    /// with BPF; if the program cannot be attached, DNS is served from
+    /// the sockets and the log says why.
+    #[arg(long, value_name = "MODE", num_args = 0..=1, default_missing_value = "auto")]
+    pub dns_xdp: Option<String>,
     /// Where to forward names outside kumo's domains, e.g. 192.0.2.53 or
     /// 192.0.2.53:53 (repeatable) [default: the nameservers in /etc/resolv.conf].
     #[arg(long = "dns-upstream")]

@@ -330,6 +330,12 @@ pub async fn rack(a: RackServeArgs, profile: Option<&str>) -> Result<()> {
     opts.http_port = a.http_port;
     opts.tftp_port = a.tftp_port;
     opts.dns_port = (!a.no_dns).then_some(a.dns_port);
+    opts.dns_xdp = a
+        .dns_xdp
+        .as_deref()
+        .map(str::parse::<kumo_rack::XdpMode>)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--dns-xdp: {e}"))?;
     opts.dns_upstreams = if a.dns_upstreams.is_empty() {
         resolv_conf_nameservers()
     } else {

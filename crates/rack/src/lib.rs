@@ -15,6 +15,7 @@ pub mod proxy;
 pub mod script;
 pub mod service;
 
+pub use kumo_dns::XdpMode;
 pub use service::{serve, RackOptions};
 
 #[derive(Debug, thiserror::Error)]

@@ -32,6 +32,9 @@ pub struct RackOptions {
     pub tftp_port: u16,
     /// `None`: no DNS server.
     pub dns_port: Option<u16>,
+    /// Answer repeated DNS queries in XDP on each served interface
+    /// (`kumo_dns::XdpAnswers`); `None`: from the sockets only.
+    pub dns_xdp: Option<kumo_dns::XdpMode>,
     pub dns_upstreams: Vec<SocketAddr>,
     /// How long each long poll of the region may wait.
     pub long_poll: Duration,
@@ -54,6 +57,7 @@ impl RackOptions {
             http_port: 5248,
             tftp_port: 69,
             dns_port: Some(53),
+            dns_xdp: None,
             dns_upstreams: vec![],
             long_poll: Duration::from_secs(30),
             rogue_dhcp_interval: Some(Duration::from_secs(60)),
@@ -190,9 +194,16 @@ pub async fn serve(
                 let listener =
                     kumo_dns::Listener::bind(SocketAddr::new(iface.addr.into(), port)).await?;
                 let (server, stop) = (server.clone(), stopped());
+                let shell = kumo_dns::ShellConfig {
+                    xdp: opts.dns_xdp.map(|mode| kumo_dns::XdpConfig {
+                        interface: iface.name.clone(),
+                        mode,
+                    }),
+                    ..kumo_dns::ShellConfig::default()
+                };
                 tasks.spawn(async move {
                     listener
-                        .serve(server, kumo_dns::ShellConfig::default(), stop)
+                        .serve(server, shell, stop)
                         .await
                         .map_err(Error::from)
                 });
@@ -576,6 +587,11 @@ fn metrics_text(
             d.answered,
         );
         counter("dns_nxdomain", "DNS answers that were NXDOMAIN", d.nxdomain);
+        counter(
+            "dns_answered_in_xdp",
+            "DNS answers sent in XDP (part of dns_answered)",
+            d.offloaded,
+        );
         counter(
             "dns_forwarded",
             "DNS queries forwarded upstream",

@@ -1,0 +1,291 @@
+//! The XDP answer path attached for real (needs root): each test runs in
+//! a private network namespace whose loopback is the interface, with `dig`
+//! and raw sockets as clients. Needs `bash scripts/deps-dns.sh`.
+
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kumo_dns::{
+    Listener, Server, ShellConfig, Soa, XdpConfig, XdpMode, ZoneDefaults, ZoneSet, XDP_OBJECT,
+};
+use tokio::sync::oneshot;
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the xdp tests need root (network namespaces, BPF)"
+    );
+}
+
+/// Runs `f` on a thread of its own in a new network namespace with its
+/// loopback up; threads and processes it starts are in it too.
+fn in_private_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    require_root();
+    std::thread::spawn(move || {
+        // SAFETY: unshare(2) on the calling thread only (CLONE_NEWNET).
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "unshare: {}", std::io::Error::last_os_error());
+        ip(&["link", "set", "lo", "up"]);
+        f()
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+fn ip(args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run ip (Debian package iproute2)");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn zones(node1: Ipv4Addr) -> ZoneSet {
+    let defaults = ZoneDefaults {
+        ttl: 30,
+        soa: Soa {
+            mname: "ns1.maas.test".into(),
+            rname: "hostmaster.maas.test".into(),
+            serial: 1,
+            refresh: 3600,
+            retry: 600,
+            expire: 86400,
+            minimum: 10,
+        },
+    };
+    let mut set = ZoneSet::default();
+    set.add_hosts([("node1.maas.test", node1)], &defaults)
+        .unwrap();
+    set
+}
+
+/// A query for `name` (type A) under `id`, as a stub resolver sends it.
+fn a_query(id: u16, name: &str) -> Vec<u8> {
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::{Name, RecordType};
+    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+    m.to_vec().unwrap()
+}
+
+fn ask(sock: &UdpSocket, to: SocketAddr, query: &[u8]) -> Vec<u8> {
+    sock.send_to(query, to).unwrap();
+    let mut buf = [0u8; 1500];
+    let (n, from) = sock.recv_from(&mut buf).expect("an answer within 2 s");
+    assert_eq!(from, to);
+    buf[..n].to_vec()
+}
+
+fn answer_address(reply: &[u8]) -> Option<Ipv4Addr> {
+    use hickory_proto::op::Message;
+    use hickory_proto::rr::RData;
+    let m = Message::from_vec(reply).expect("a well-formed reply");
+    m.answers.iter().find_map(|r| match &r.data {
+        RData::A(a) => Some(a.0),
+        _ => None,
+    })
+}
+
+/// Waits until `interface` shows an XDP program (`attached`) or none.
+fn wait_xdp(interface: &str, attached: bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let shown = ip(&["link", "show", "dev", interface]).contains("prog/xdp");
+        if shown == attached {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{interface}: xdp program {} after 10 s",
+            if attached {
+                "not attached"
+            } else {
+                "still attached"
+            }
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A query answered once by the server is answered again in XDP, byte
+/// for byte the same under the new id; NXDOMAIN too; a reload is never
+/// answered stale; responses sent to the server are left to it (dropped
+/// and counted); stopping detaches the program.
+#[test]
+fn repeated_queries_are_answered_in_xdp_as_the_server_would() {
+    in_private_netns(|| {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let server = Arc::new(Server::new(&zones(Ipv4Addr::new(10, 0, 0, 1))).unwrap());
+        let listener = rt
+            .block_on(Listener::bind("127.0.0.1:0".parse().unwrap()))
+            .unwrap();
+        let addr = listener.local_addr();
+        let config = ShellConfig {
+            udp_workers: 1,
+            xdp: Some(XdpConfig {
+                interface: "lo".into(),
+                mode: XdpMode::Auto,
+            }),
+            ..ShellConfig::default()
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let serving = rt.spawn(listener.serve(server.clone(), config, async {
+            let _ = stopped.await;
+        }));
+        wait_xdp("lo", true);
+
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let first = ask(&sock, addr, &a_query(1, "node1.maas.test."));
+        assert_eq!(answer_address(&first), Some(Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(
+            server.counters().offloaded,
+            0,
+            "the first answer is the server's"
+        );
+
+        let again = ask(&sock, addr, &a_query(2, "node1.maas.test."));
+        assert_eq!(server.counters().offloaded, 1, "the second is sent in xdp");
+        assert_eq!(&again[..2], &2u16.to_be_bytes());
+        assert_eq!(
+            again[2..],
+            first[2..],
+            "xdp sends the server's reply as it was"
+        );
+        // The name's case is the asker's: other bytes, another entry.
+        let upper = ask(&sock, addr, &a_query(3, "NODE1.maas.test."));
+        assert_eq!(server.counters().offloaded, 1);
+        assert_eq!(answer_address(&upper), Some(Ipv4Addr::new(10, 0, 0, 1)));
+
+        let missing = ask(&sock, addr, &a_query(4, "nope.maas.test."));
+        let missing_again = ask(&sock, addr, &a_query(5, "nope.maas.test."));
+        assert_eq!(missing_again[2..], missing[2..]);
+        assert_eq!(missing[3] & 0x0f, 3, "NXDOMAIN");
+        let c = server.counters();
+        assert_eq!((c.offloaded, c.nxdomain), (2, 2));
+        assert_eq!(c.queries, 5);
+
+        // Reloaded: the very next query gets the new address, from the server.
+        server.reload(&zones(Ipv4Addr::new(10, 0, 0, 9))).unwrap();
+        let reloaded = ask(&sock, addr, &a_query(6, "node1.maas.test."));
+        assert_eq!(answer_address(&reloaded), Some(Ipv4Addr::new(10, 0, 0, 9)));
+        assert_eq!(server.counters().offloaded, 2);
+        let reloaded_again = ask(&sock, addr, &a_query(7, "node1.maas.test."));
+        assert_eq!(reloaded_again[2..], reloaded[2..]);
+        assert_eq!(server.counters().offloaded, 3);
+
+        // dig without its per-query cookie asks the same bytes each time.
+        for _ in 0..2 {
+            let out = Command::new("dig")
+                .args([&format!("@{}", addr.ip()), "-p", &addr.port().to_string()])
+                .args(["+nocookie", "+tries=1", "+time=2", "node1.maas.test", "A"])
+                .output()
+                .expect("run dig (bash scripts/deps-dns.sh)");
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(text.contains("status: NOERROR"), "{text}");
+            assert!(text.contains("10.0.0.9"), "{text}");
+            assert!(text.contains("flags: qr aa rd"), "{text}");
+        }
+        assert_eq!(server.counters().offloaded, 4);
+
+        // A response sent to the server is not answered in xdp: the
+        // server drops it and counts it.
+        let mut response = a_query(8, "node1.maas.test.");
+        response[2] |= 0x80;
+        sock.send_to(&response, addr).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while server.counters().malformed_dropped == 0 {
+            assert!(Instant::now() < deadline, "the response was not counted");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(server.counters().offloaded, 4);
+
+        let _ = stop.send(());
+        rt.block_on(serving).unwrap().unwrap();
+        wait_xdp("lo", false);
+    });
+}
+
+/// Where the program cannot be attached, the listener serves from its
+/// socket alone.
+#[test]
+fn without_the_interface_the_socket_answers_alone() {
+    in_private_netns(|| {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let server = Arc::new(Server::new(&zones(Ipv4Addr::new(10, 0, 0, 1))).unwrap());
+        let listener = rt
+            .block_on(Listener::bind("127.0.0.1:0".parse().unwrap()))
+            .unwrap();
+        let addr = listener.local_addr();
+        let config = ShellConfig {
+            xdp: Some(XdpConfig {
+                interface: "kumo-absent0".into(),
+                mode: XdpMode::Auto,
+            }),
+            ..ShellConfig::default()
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let serving = rt.spawn(listener.serve(server.clone(), config, async {
+            let _ = stopped.await;
+        }));
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        for id in 1..=3 {
+            let r = ask(&sock, addr, &a_query(id, "node1.maas.test."));
+            assert_eq!(answer_address(&r), Some(Ipv4Addr::new(10, 0, 0, 1)));
+        }
+        let c = server.counters();
+        assert_eq!((c.answered, c.offloaded), (3, 0));
+        let _ = stop.send(());
+        rt.block_on(serving).unwrap().unwrap();
+    });
+}
+
+/// The committed object is what `scripts/build-xdp.sh` builds from
+/// `xdp/answer.bpf.c` (clang is deterministic for one version).
+#[test]
+fn the_xdp_object_is_built_from_its_source() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = tempfile_dir();
+    let status = Command::new("bash")
+        .arg(root.join("scripts/build-xdp.sh"))
+        .arg(&out)
+        .status()
+        .expect("run scripts/build-xdp.sh");
+    assert!(
+        status.success(),
+        "scripts/build-xdp.sh failed (is clang installed? bash scripts/deps-dns.sh)"
+    );
+    let built = std::fs::read(out.join("answer.bpf.o")).unwrap();
+    let _ = std::fs::remove_dir_all(&out);
+    assert!(
+        built == XDP_OBJECT,
+        "crates/dns/xdp/answer.bpf.o is not what its source builds to: run bash scripts/build-xdp.sh and commit it"
+    );
+}
+
+fn tempfile_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kumo-dns-xdp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
