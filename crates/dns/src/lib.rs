@@ -46,7 +46,7 @@ pub use crate::core::{
     MAX_UDP_PAYLOAD,
 };
 pub use shell::{run, Listener, ShellConfig};
-pub use xdp::{XdpAnswers, XdpConfig, XdpCounters, XdpMode, OBJECT as XDP_OBJECT};
+pub use xdp::{XdpAnswers, XdpConfig, XdpCounters, XdpMode, XdpVerdict, OBJECT as XDP_OBJECT};
 pub use zone::{Record, RecordData, Soa, Zone, ZoneDefaults, ZoneSet};
 
 /// Everything that can go wrong in kumo-dns.

@@ -142,7 +142,19 @@ struct Maps {
     stats: PerCpuArray<MapData, u64>,
     current: Config,
     /// Owns the program and its link: dropping it detaches.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
+}
+
+/// What the program did with a frame ([`XdpAnswers::run_on`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpVerdict {
+    Aborted,
+    Drop,
+    /// On to the kernel's stack (the socket).
+    Pass,
+    /// Sent back out, rewritten into the reply.
+    Tx,
+    Redirect,
 }
 
 impl XdpAnswers {
@@ -157,34 +169,10 @@ impl XdpAnswers {
             interface: cfg.interface.clone(),
             reason,
         };
-        let mut ebpf = Ebpf::load(OBJECT).map_err(|e| fail(format!("loading: {e}")))?;
-        let mut take = |name: &str| {
-            ebpf.take_map(name)
-                .ok_or_else(|| fail(format!("the program has no {name} map")))
-        };
-        let answers = HashMap::try_from(take("answers")?).map_err(|e| fail(e.to_string()))?;
-        let mut config = Array::try_from(take("config")?).map_err(|e| fail(e.to_string()))?;
-        let stats = PerCpuArray::try_from(take("stats")?).map_err(|e| fail(e.to_string()))?;
-        let current = Config {
-            addr: u32::from(*addr.ip()).to_be(),
-            port: addr.port().to_be(),
-            pad: 0,
-            generation: server.generation() as u32,
-        };
-        config
-            .set(0, current, 0)
-            .map_err(|e| fail(format!("config map: {e}")))?;
-        let program: &mut Xdp = ebpf
-            .program_mut(PROGRAM)
-            .ok_or_else(|| fail(format!("the object has no program {PROGRAM}")))?
-            .try_into()
-            .map_err(|e| fail(format!("{e}")))?;
-        program
-            .load()
-            .map_err(|e| fail(format!("loading the program: {e}")))?;
         if cfg.interface.contains('\0') {
             return Err(fail("the interface name has a NUL byte".into()));
         }
+        let mut xdp = XdpAnswers::load(&cfg.interface, addr, server.generation())?;
         let driver = driver(&cfg.interface);
         let modes: &[AyaMode] = match cfg.mode {
             XdpMode::Auto if driver.as_deref() == Some("veth") => &[AyaMode::Skb],
@@ -192,6 +180,13 @@ impl XdpAnswers {
             XdpMode::Native => &[AyaMode::Driver],
             XdpMode::Generic => &[AyaMode::Skb],
         };
+        let maps = xdp.maps.get_mut().unwrap_or_else(|e| e.into_inner());
+        let program: &mut Xdp = maps
+            .ebpf
+            .program_mut(PROGRAM)
+            .ok_or_else(|| fail(format!("the object has no program {PROGRAM}")))?
+            .try_into()
+            .map_err(|e| fail(format!("{e}")))?;
         let mut attached = None;
         let mut refusals = Vec::new();
         for &mode in modes {
@@ -207,24 +202,132 @@ impl XdpAnswers {
             return Err(fail(format!("attaching: {}", refusals.join("; "))));
         };
         tracing::debug!(interface = %cfg.interface, ?driver, ?mode, "dns xdp attached");
-        let xdp = Arc::new(XdpAnswers {
-            interface: cfg.interface.clone(),
-            mode: if mode == AyaMode::Skb {
-                XdpMode::Generic
-            } else {
-                XdpMode::Native
-            },
+        xdp.mode = if mode == AyaMode::Skb {
+            XdpMode::Generic
+        } else {
+            XdpMode::Native
+        };
+        let xdp = Arc::new(xdp);
+        let offload: Arc<dyn Offload> = xdp.clone();
+        server.add_offload(Arc::downgrade(&offload));
+        Ok(xdp)
+    }
+
+    /// The program loaded into the kernel (verified) with its maps, for
+    /// queries to `addr`, not attached anywhere: [`XdpAnswers::attach`]'s
+    /// first half, and what [`XdpAnswers::run_on`] runs.
+    pub fn load(label: &str, addr: SocketAddrV4, generation: u64) -> Result<XdpAnswers, Error> {
+        let fail = |reason: String| Error::Xdp {
+            interface: label.to_owned(),
+            reason,
+        };
+        let mut ebpf = Ebpf::load(OBJECT).map_err(|e| fail(format!("loading: {e}")))?;
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| fail(format!("the program has no {name} map")))
+        };
+        let answers = HashMap::try_from(take("answers")?).map_err(|e| fail(e.to_string()))?;
+        let mut config = Array::try_from(take("config")?).map_err(|e| fail(e.to_string()))?;
+        let stats = PerCpuArray::try_from(take("stats")?).map_err(|e| fail(e.to_string()))?;
+        let current = Config {
+            addr: u32::from(*addr.ip()).to_be(),
+            port: addr.port().to_be(),
+            pad: 0,
+            generation: generation as u32,
+        };
+        config
+            .set(0, current, 0)
+            .map_err(|e| fail(format!("config map: {e}")))?;
+        let program: &mut Xdp = ebpf
+            .program_mut(PROGRAM)
+            .ok_or_else(|| fail(format!("the object has no program {PROGRAM}")))?
+            .try_into()
+            .map_err(|e| fail(format!("{e}")))?;
+        program
+            .load()
+            .map_err(|e| fail(format!("loading the program: {e}")))?;
+        Ok(XdpAnswers {
+            interface: label.to_owned(),
+            mode: XdpMode::Auto,
             maps: Mutex::new(Maps {
                 answers,
                 config,
                 stats,
                 current,
-                _ebpf: ebpf,
+                ebpf,
             }),
-        });
-        let offload: Arc<dyn Offload> = xdp.clone();
-        server.add_offload(Arc::downgrade(&offload));
-        Ok(xdp)
+        })
+    }
+
+    /// Runs the program once on `frame` (an Ethernet frame) in the kernel
+    /// (`BPF_PROG_TEST_RUN`), as if it had come in: its verdict and the
+    /// frame as it would leave. For tests and fuzzing of the program.
+    pub fn run_on(&self, frame: &[u8]) -> std::io::Result<(XdpVerdict, Vec<u8>)> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+        let program = maps
+            .ebpf
+            .program(PROGRAM)
+            .ok_or_else(|| std::io::Error::other("no program"))?;
+        let fd = program
+            .fd()
+            .map_err(std::io::Error::other)?
+            .as_fd()
+            .as_raw_fd();
+        let mut out = vec![0u8; 4096];
+        // union bpf_attr, its `test` member (BPF_PROG_TEST_RUN).
+        #[repr(C)]
+        #[derive(Default)]
+        struct TestRun {
+            prog_fd: u32,
+            retval: u32,
+            data_size_in: u32,
+            data_size_out: u32,
+            data_in: u64,
+            data_out: u64,
+            repeat: u32,
+            duration: u32,
+            ctx_size_in: u32,
+            ctx_size_out: u32,
+            ctx_in: u64,
+            ctx_out: u64,
+            flags: u32,
+            cpu: u32,
+            batch_size: u32,
+            pad: u32,
+        }
+        const BPF_PROG_TEST_RUN: libc::c_long = 10;
+        let mut attr = TestRun {
+            prog_fd: fd as u32,
+            data_size_in: frame.len() as u32,
+            data_size_out: out.len() as u32,
+            data_in: frame.as_ptr() as u64,
+            data_out: out.as_mut_ptr() as u64,
+            repeat: 1,
+            ..TestRun::default()
+        };
+        // SAFETY: bpf(2) with a zero-padded attr whose pointers are live
+        // for the call and whose sizes are theirs.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_TEST_RUN,
+                &raw mut attr,
+                size_of::<TestRun>(),
+            )
+        };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        out.truncate(attr.data_size_out as usize);
+        let verdict = match attr.retval {
+            0 => XdpVerdict::Aborted,
+            1 => XdpVerdict::Drop,
+            2 => XdpVerdict::Pass,
+            3 => XdpVerdict::Tx,
+            _ => XdpVerdict::Redirect,
+        };
+        Ok((verdict, out))
     }
 
     pub fn interface(&self) -> &str {
@@ -238,7 +341,7 @@ impl XdpAnswers {
 
     /// Puts a reply the server sent (under zones of `generation`) in the
     /// map, if it fits; answers of an older generation are never sent.
-    pub(crate) fn remember(&self, generation: u64, query: &[u8], reply: &[u8]) {
+    pub fn remember(&self, generation: u64, query: &[u8], reply: &[u8]) {
         if query.len() < 12 || reply.len() < 12 {
             return;
         }

@@ -289,3 +289,220 @@ fn tempfile_dir() -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+// The program itself, run on frames by the kernel (BPF_PROG_TEST_RUN):
+// the rewrite checked field by field, and mutated or random frames.
+
+const SERVER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
+const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+const CLIENT_PORT: u16 = 40000;
+
+fn ip_checksum(header: &[u8]) -> u16 {
+    let mut sum: u32 = header
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An Ethernet frame from the client to the server's port 53.
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&SERVER_MAC);
+    f.extend_from_slice(&CLIENT_MAC);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    let total = (20 + 8 + payload.len()) as u16;
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&[0x12, 0x34, 0x40, 0, 64, 17, 0, 0]);
+    ip.extend_from_slice(&CLIENT_IP.octets());
+    ip.extend_from_slice(&SERVER_IP.octets());
+    let sum = ip_checksum(&ip);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&CLIENT_PORT.to_be_bytes());
+    f.extend_from_slice(&53u16.to_be_bytes());
+    f.extend_from_slice(&(8 + payload.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// The program loaded for 10.0.0.1:53 with the server's reply to one
+/// query in its map: (program, server, query, reply).
+fn loaded() -> &'static (kumo_dns::XdpAnswers, Server, Vec<u8>, Vec<u8>) {
+    static LOADED: std::sync::OnceLock<(kumo_dns::XdpAnswers, Server, Vec<u8>, Vec<u8>)> =
+        std::sync::OnceLock::new();
+    LOADED.get_or_init(|| {
+        require_root();
+        let server = Server::new(&zones(Ipv4Addr::new(10, 0, 0, 7))).unwrap();
+        let query = a_query(7, "node1.maas.test.");
+        let kumo_dns::Outcome::Reply(reply) = server.handle(&query, kumo_dns::Transport::Udp)
+        else {
+            panic!("the server answers the query")
+        };
+        let xdp = kumo_dns::XdpAnswers::load(
+            "test",
+            std::net::SocketAddrV4::new(SERVER_IP, 53),
+            server.generation(),
+        )
+        .unwrap();
+        xdp.remember(server.generation(), &query, &reply);
+        (xdp, server, query, reply)
+    })
+}
+
+#[test]
+fn the_program_rewrites_a_known_query_into_the_servers_reply() {
+    use kumo_dns::XdpVerdict;
+    let (xdp, _, query, reply) = loaded();
+    let mut asked = query.clone();
+    asked[..2].copy_from_slice(&0xbeefu16.to_be_bytes());
+    let (verdict, out) = xdp.run_on(&frame(&asked)).unwrap();
+    assert_eq!(verdict, XdpVerdict::Tx);
+    assert_eq!(out.len(), 14 + 20 + 8 + reply.len());
+    assert_eq!(&out[0..6], &CLIENT_MAC, "to the client's MAC");
+    assert_eq!(&out[6..12], &SERVER_MAC, "from the server's MAC");
+    assert_eq!(&out[12..14], &[8, 0]);
+    let ip = &out[14..34];
+    assert_eq!(ip[0], 0x45);
+    assert_eq!(
+        u16::from_be_bytes([ip[2], ip[3]]) as usize,
+        20 + 8 + reply.len()
+    );
+    assert_eq!(ip[9], 17);
+    assert_eq!(&ip[12..16], &SERVER_IP.octets());
+    assert_eq!(&ip[16..20], &CLIENT_IP.octets());
+    assert_eq!(ip_checksum(ip), 0, "the IP header checksum is right");
+    let udp = &out[34..42];
+    assert_eq!(u16::from_be_bytes([udp[0], udp[1]]), 53);
+    assert_eq!(u16::from_be_bytes([udp[2], udp[3]]), CLIENT_PORT);
+    assert_eq!(
+        u16::from_be_bytes([udp[4], udp[5]]) as usize,
+        8 + reply.len()
+    );
+    assert_eq!(&out[42..44], &0xbeefu16.to_be_bytes(), "the asker's id");
+    assert_eq!(&out[44..], &reply[2..], "the server's reply after the id");
+}
+
+#[test]
+fn the_program_passes_what_it_does_not_know() {
+    use kumo_dns::XdpVerdict;
+    let (xdp, _, query, _) = loaded();
+    let pass = |f: Vec<u8>| assert_eq!(xdp.run_on(&f).unwrap().0, XdpVerdict::Pass);
+    // Another name.
+    pass(frame(&a_query(7, "node2.maas.test.")));
+    // Another port, another address.
+    let mut f = frame(query);
+    f[36..38].copy_from_slice(&5353u16.to_be_bytes());
+    pass(f);
+    let mut f = frame(query);
+    f[30] = 99;
+    pass(f);
+    // A response (QR) with the same question.
+    let mut r = query.clone();
+    r[2] |= 0x80;
+    pass(frame(&r));
+    // IPv6 ethertype, IP options, a fragment.
+    let mut f = frame(query);
+    f[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+    pass(f);
+    let mut f = frame(query);
+    f[14] = 0x46;
+    pass(f);
+    let mut f = frame(query);
+    f[20] = 0x20;
+    pass(f);
+    // Padding after the IP packet, a UDP length that lies.
+    let mut f = frame(query);
+    f.extend_from_slice(&[0; 8]);
+    pass(f);
+    let mut f = frame(query);
+    f[39] += 1;
+    pass(f);
+}
+
+#[test]
+fn a_reload_makes_the_programs_answers_stale() {
+    use kumo_dns::{Offload, XdpVerdict};
+    require_root();
+    let server = Server::new(&zones(Ipv4Addr::new(10, 0, 0, 7))).unwrap();
+    let query = a_query(7, "node1.maas.test.");
+    let kumo_dns::Outcome::Reply(reply) = server.handle(&query, kumo_dns::Transport::Udp) else {
+        panic!("the server answers the query")
+    };
+    let xdp =
+        kumo_dns::XdpAnswers::load("test", std::net::SocketAddrV4::new(SERVER_IP, 53), 0).unwrap();
+    xdp.remember(0, &query, &reply);
+    assert_eq!(xdp.run_on(&frame(&query)).unwrap().0, XdpVerdict::Tx);
+    xdp.reloaded(1);
+    assert_eq!(xdp.run_on(&frame(&query)).unwrap().0, XdpVerdict::Pass);
+    // Remembered under the old generation (answered before the reload): never sent.
+    xdp.remember(0, &query, &reply);
+    assert_eq!(xdp.run_on(&frame(&query)).unwrap().0, XdpVerdict::Pass);
+    xdp.remember(1, &query, &reply);
+    assert_eq!(xdp.run_on(&frame(&query)).unwrap().0, XdpVerdict::Tx);
+    let c = xdp.counters();
+    assert_eq!((c.answered, c.missed), (2, 2));
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config { cases: 2000, ..Default::default() })]
+
+    /// Bytes of a known query's frame changed or cut: the program passes
+    /// the frame on, or answers it with exactly the server's reply when
+    /// what it matched (the DNS bytes after the id, the address and the
+    /// port) was left whole.
+    #[test]
+    fn a_changed_frame_is_passed_or_answered_exactly(
+        changes in proptest::collection::vec((0usize..80, proptest::num::u8::ANY), 1..4),
+        // The kernel refuses frames shorter than an Ethernet header.
+        cut in proptest::option::of(14usize..80),
+    ) {
+        use kumo_dns::XdpVerdict;
+        let (xdp, _, query, reply) = loaded();
+        let original = frame(query);
+        let mut f = original.clone();
+        for (at, byte) in &changes {
+            if let Some(b) = f.get_mut(*at) {
+                *b = *byte;
+            }
+        }
+        if let Some(n) = cut {
+            f.truncate(n);
+        }
+        let (verdict, out) = xdp.run_on(&f).unwrap();
+        match verdict {
+            XdpVerdict::Pass => {}
+            XdpVerdict::Tx => {
+                proptest::prop_assert_eq!(f.len(), original.len());
+                proptest::prop_assert_eq!(&f[44..], &original[44..], "matched other DNS bytes");
+                proptest::prop_assert_eq!(&f[30..34], &original[30..34], "matched another address");
+                proptest::prop_assert_eq!(&f[36..38], &original[36..38], "matched another port");
+                proptest::prop_assert_eq!(&out[44..], &reply[2..]);
+                proptest::prop_assert_eq!(ip_checksum(&out[14..34]), 0);
+            }
+            other => proptest::prop_assert!(false, "verdict {other:?}"),
+        }
+    }
+
+    /// Random frames are passed on.
+    #[test]
+    fn random_frames_are_passed(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300), ipv4 in proptest::bool::ANY) {
+        use kumo_dns::XdpVerdict;
+        let (xdp, _, _, _) = loaded();
+        let mut f = bytes;
+        if ipv4 && f.len() >= 14 {
+            f[12..14].copy_from_slice(&[8, 0]);
+        }
+        // The kernel refuses frames shorter than an Ethernet header.
+        if f.len() >= 14 {
+            proptest::prop_assert_eq!(xdp.run_on(&f).unwrap().0, XdpVerdict::Pass);
+        }
+    }
+}
