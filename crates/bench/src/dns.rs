@@ -321,50 +321,35 @@ async fn bench_one(
     peer: Peer,
 ) -> Result<Row> {
     let (name, note, mut daemon) = match peer {
-        Peer::Kumo => {
-            let path = dir.join("kumo-zones.json");
-            std::fs::write(&path, serde_json::to_vec(zones)?)?;
-            let mut cmd = scheduled(a, |p| lab.server_cmd(p), lab::this_exe()?);
-            cmd.arg("serve-dns")
-                .args(["--listen", &format!("{}:53", lab.server_ip)])
-                .arg("--zones")
-                .arg(&path)
-                .args(["--xdp", &lab.server_if, "--xdp-mode", &a.xdp_mode]);
-            (
-                "kumo",
-                "authoritative; repeated queries answered in XDP, the rest as kumo-sock",
-                Daemon::spawn("kumo dns", cmd, &dir.join("kumo-dns.log"))?,
-            )
-        }
-        Peer::KumoSockets => {
-            let path = dir.join("kumo-zones.json");
-            std::fs::write(&path, serde_json::to_vec(zones)?)?;
-            let mut cmd = scheduled(a, |p| lab.server_cmd(p), lab::this_exe()?);
-            cmd.arg("serve-dns")
-                .args(["--listen", &format!("{}:53", lab.server_ip)])
-                .arg("--zones")
-                .arg(&path);
-            (
-                "kumo-sock",
-                "authoritative; UDP threads (recvmmsg/sendmmsg batches), reply cache",
-                Daemon::spawn("kumo dns", cmd, &dir.join("kumo-dns-sock.log"))?,
-            )
-        }
-        Peer::KumoBaseline => {
-            let path = dir.join("kumo-zones.json");
-            std::fs::write(&path, serde_json::to_vec(zones)?)?;
-            let mut cmd = scheduled(a, |p| lab.server_cmd(p), lab::this_exe()?);
-            cmd.arg("serve-dns")
-                .args(["--listen", &format!("{}:53", lab.server_ip)])
-                .arg("--zones")
-                .arg(&path)
-                .args(["--udp-workers", "1", "--cache-entries", "0"]);
-            (
-                "kumo-1",
-                "authoritative; one UDP thread, no reply cache",
-                Daemon::spawn("kumo dns", cmd, &dir.join("kumo-dns-1.log"))?,
-            )
-        }
+        Peer::Kumo => (
+            "kumo",
+            "authoritative; repeated queries answered in XDP, the rest as kumo-sock",
+            kumo_dns_daemon(
+                a,
+                lab,
+                dir,
+                zones,
+                &["--xdp", &lab.server_if, "--xdp-mode", &a.xdp_mode],
+                "kumo-dns.log",
+            )?,
+        ),
+        Peer::KumoSockets => (
+            "kumo-sock",
+            "authoritative; UDP threads (recvmmsg/sendmmsg batches), reply cache",
+            kumo_dns_daemon(a, lab, dir, zones, &[], "kumo-dns-sock.log")?,
+        ),
+        Peer::KumoBaseline => (
+            "kumo-1",
+            "authoritative; one UDP thread, no reply cache",
+            kumo_dns_daemon(
+                a,
+                lab,
+                dir,
+                zones,
+                &["--udp-workers", "1", "--cache-entries", "0"],
+                "kumo-dns-1.log",
+            )?,
+        ),
         Peer::Bind => {
             let conf = dir.join("named.conf");
             std::fs::write(&conf, named_conf(dir, lab, zones)?)?;
@@ -454,6 +439,27 @@ async fn bench_one(
         },
         note,
     })
+}
+
+/// kumo's DNS shell (`serve-dns`) on the lab's server address with the
+/// benchmark's zones and `extra` arguments, logging to `log`.
+fn kumo_dns_daemon(
+    a: &Args,
+    lab: &Lab,
+    dir: &Path,
+    zones: &ZoneSet,
+    extra: &[&str],
+    log: &str,
+) -> Result<Daemon> {
+    let path = dir.join("kumo-zones.json");
+    std::fs::write(&path, serde_json::to_vec(zones)?)?;
+    let mut cmd = scheduled(a, |p| lab.server_cmd(p), lab::this_exe()?);
+    cmd.arg("serve-dns")
+        .args(["--listen", &format!("{}:53", lab.server_ip)])
+        .arg("--zones")
+        .arg(&path)
+        .args(extra);
+    Daemon::spawn("kumo dns", cmd, &dir.join(log))
 }
 
 /// `program` through `in_ns` (a namespace's command), under `chrt -r`

@@ -8,11 +8,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kumo_dns::{
-    Listener, Record, RecordData, Server, ShellConfig, Soa, Zone, ZoneDefaults, ZoneSet,
-};
+use kumo_dns::{Listener, Record, RecordData, Server, ShellConfig, Zone, ZoneSet};
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
+
+mod support;
+use support::{a_query, defaults};
 
 fn require(program: &str, package: &str) {
     let found = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
@@ -22,21 +23,6 @@ fn require(program: &str, package: &str) {
         found,
         "{program} not found: install the Debian package {package} (bash scripts/deps-dns.sh)"
     );
-}
-
-fn defaults() -> ZoneDefaults {
-    ZoneDefaults {
-        ttl: 30,
-        soa: Soa {
-            mname: "ns1.maas.test".into(),
-            rname: "hostmaster.maas.test".into(),
-            serial: 1,
-            refresh: 3600,
-            retry: 600,
-            expire: 86400,
-            minimum: 10,
-        },
-    }
 }
 
 fn zones(hosts: &[(&str, Ipv4Addr)], upstreams: Vec<SocketAddr>) -> ZoneSet {
@@ -388,16 +374,6 @@ fn unreachable_upstreams_give_servfail() {
         let c = s.server.counters();
         assert_eq!((c.forwarded, c.forward_failed), (2, 2));
     }
-}
-
-/// A query for `name` (type A) under `id`, as a stub resolver sends it.
-fn a_query(id: u16, name: &str) -> Vec<u8> {
-    use hickory_proto::op::{Message, MessageType, OpCode, Query};
-    use hickory_proto::rr::{Name, RecordType};
-    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
-    m.metadata.recursion_desired = true;
-    m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
-    m.to_vec().unwrap()
 }
 
 /// Many queries at once from one socket, junk among them: the UDP threads

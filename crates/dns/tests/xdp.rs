@@ -8,10 +8,11 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kumo_dns::{
-    Listener, Server, ShellConfig, Soa, XdpConfig, XdpMode, ZoneDefaults, ZoneSet, XDP_OBJECT,
-};
+use kumo_dns::{Listener, Server, ShellConfig, XdpConfig, XdpMode, ZoneSet, XDP_OBJECT};
 use tokio::sync::oneshot;
+
+mod support;
+use support::{a_query, defaults};
 
 fn require_root() {
     // SAFETY: geteuid has no preconditions.
@@ -52,32 +53,11 @@ fn ip(args: &[&str]) -> String {
 }
 
 fn zones(node1: Ipv4Addr) -> ZoneSet {
-    let defaults = ZoneDefaults {
-        ttl: 30,
-        soa: Soa {
-            mname: "ns1.maas.test".into(),
-            rname: "hostmaster.maas.test".into(),
-            serial: 1,
-            refresh: 3600,
-            retry: 600,
-            expire: 86400,
-            minimum: 10,
-        },
-    };
+    let defaults = defaults();
     let mut set = ZoneSet::default();
     set.add_hosts([("node1.maas.test", node1)], &defaults)
         .unwrap();
     set
-}
-
-/// A query for `name` (type A) under `id`, as a stub resolver sends it.
-fn a_query(id: u16, name: &str) -> Vec<u8> {
-    use hickory_proto::op::{Message, MessageType, OpCode, Query};
-    use hickory_proto::rr::{Name, RecordType};
-    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
-    m.metadata.recursion_desired = true;
-    m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
-    m.to_vec().unwrap()
 }
 
 fn ask(sock: &UdpSocket, to: SocketAddr, query: &[u8]) -> Vec<u8> {
@@ -119,19 +99,25 @@ fn wait_xdp(interface: &str, attached: bool) {
     }
 }
 
-/// A query answered once by the server is answered again in XDP, byte
-/// for byte the same under the new id; NXDOMAIN too; a reload is never
-/// answered stale; responses sent to the server are left to it (dropped
-/// and counted); stopping detaches the program.
-#[test]
-fn repeated_queries_are_answered_in_xdp_as_the_server_would() {
-    in_private_netns(|| {
+/// The server for node1 at `node1`, listening on 127.0.0.1 with XDP on
+/// `interface`, on a runtime of its own (in the calling thread's
+/// namespace); stopped by [`Serving::stop`].
+struct Serving {
+    rt: tokio::runtime::Runtime,
+    server: Arc<Server>,
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    serving: tokio::task::JoinHandle<Result<(), kumo_dns::Error>>,
+}
+
+impl Serving {
+    fn start(node1: Ipv4Addr, interface: &str) -> Serving {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
-        let server = Arc::new(Server::new(&zones(Ipv4Addr::new(10, 0, 0, 1))).unwrap());
+        let server = Arc::new(Server::new(&zones(node1)).unwrap());
         let listener = rt
             .block_on(Listener::bind("127.0.0.1:0".parse().unwrap()))
             .unwrap();
@@ -139,7 +125,7 @@ fn repeated_queries_are_answered_in_xdp_as_the_server_would() {
         let config = ShellConfig {
             udp_workers: 1,
             xdp: Some(XdpConfig {
-                interface: "lo".into(),
+                interface: interface.into(),
                 mode: XdpMode::Auto,
             }),
             ..ShellConfig::default()
@@ -148,6 +134,30 @@ fn repeated_queries_are_answered_in_xdp_as_the_server_would() {
         let serving = rt.spawn(listener.serve(server.clone(), config, async {
             let _ = stopped.await;
         }));
+        Serving {
+            rt,
+            server,
+            addr,
+            stop,
+            serving,
+        }
+    }
+
+    fn stop(self) {
+        let _ = self.stop.send(());
+        self.rt.block_on(self.serving).unwrap().unwrap();
+    }
+}
+
+/// A query answered once by the server is answered again in XDP, byte
+/// for byte the same under the new id; NXDOMAIN too; a reload is never
+/// answered stale; responses sent to the server are left to it (dropped
+/// and counted); stopping detaches the program.
+#[test]
+fn repeated_queries_are_answered_in_xdp_as_the_server_would() {
+    in_private_netns(|| {
+        let serving = Serving::start(Ipv4Addr::new(10, 0, 0, 1), "lo");
+        let (server, addr) = (serving.server.clone(), serving.addr);
         wait_xdp("lo", true);
 
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -216,8 +226,7 @@ fn repeated_queries_are_answered_in_xdp_as_the_server_would() {
         }
         assert_eq!(server.counters().offloaded, 4);
 
-        let _ = stop.send(());
-        rt.block_on(serving).unwrap().unwrap();
+        serving.stop();
         wait_xdp("lo", false);
     });
 }
@@ -227,27 +236,8 @@ fn repeated_queries_are_answered_in_xdp_as_the_server_would() {
 #[test]
 fn without_the_interface_the_socket_answers_alone() {
     in_private_netns(|| {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let server = Arc::new(Server::new(&zones(Ipv4Addr::new(10, 0, 0, 1))).unwrap());
-        let listener = rt
-            .block_on(Listener::bind("127.0.0.1:0".parse().unwrap()))
-            .unwrap();
-        let addr = listener.local_addr();
-        let config = ShellConfig {
-            xdp: Some(XdpConfig {
-                interface: "kumo-absent0".into(),
-                mode: XdpMode::Auto,
-            }),
-            ..ShellConfig::default()
-        };
-        let (stop, stopped) = oneshot::channel::<()>();
-        let serving = rt.spawn(listener.serve(server.clone(), config, async {
-            let _ = stopped.await;
-        }));
+        let serving = Serving::start(Ipv4Addr::new(10, 0, 0, 1), "kumo-absent0");
+        let (server, addr) = (serving.server.clone(), serving.addr);
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
         sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         for id in 1..=3 {
@@ -256,8 +246,7 @@ fn without_the_interface_the_socket_answers_alone() {
         }
         let c = server.counters();
         assert_eq!((c.answered, c.offloaded), (3, 0));
-        let _ = stop.send(());
-        rt.block_on(serving).unwrap().unwrap();
+        serving.stop();
     });
 }
 
