@@ -120,6 +120,9 @@ pub struct Counters {
     /// Of `answered`, those sent by an [`Offload`] (the XDP path) for the
     /// server.
     pub offloaded: u64,
+    /// Queries an offload saw but left to the server (not yet known, or
+    /// known from older zones); counted again in `queries` by the server.
+    pub offload_missed: u64,
 }
 
 #[derive(Default)]
@@ -203,6 +206,7 @@ impl Server {
             forward_failed: c.forward_failed.load(Relaxed),
             malformed_dropped: c.malformed_dropped.load(Relaxed),
             offloaded: 0,
+            offload_missed: 0,
         };
         for o in self.live_offloads() {
             let x = o.counters();
@@ -213,6 +217,7 @@ impl Server {
             total.forward_failed += x.forward_failed;
             total.malformed_dropped += x.malformed_dropped;
             total.offloaded += x.offloaded;
+            total.offload_missed += x.offload_missed;
         }
         total
     }

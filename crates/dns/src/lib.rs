@@ -19,6 +19,9 @@
 //! `recvmmsg`/`sendmmsg` batches, each with its [`AnswerCache`], TCP and
 //! forwarding on tokio — to the upstreams in turn with a timeout each
 //! (SERVFAIL when none answers) — counters in [`Server::counters`].
+//! With [`ShellConfig::xdp`], [`XdpAnswers`] (`xdp/answer.bpf.c`) answers
+//! repeated IPv4 UDP queries in XDP on the listener's interface with the
+//! replies the UDP threads sent before, and never after a reload.
 //!
 //! Why hickory-proto and not hickory-server: the issue expected
 //! hickory-server as the base, but its request path is an async

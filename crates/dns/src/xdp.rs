@@ -210,6 +210,10 @@ impl XdpAnswers {
         let xdp = Arc::new(xdp);
         let offload: Arc<dyn Offload> = xdp.clone();
         server.add_offload(Arc::downgrade(&offload));
+        // A reload while the program was being verified and attached (it
+        // takes a few hundred ms) told no hook: take its generation now.
+        // Registered first, read second, so no reload falls in between.
+        xdp.reloaded(server.generation());
         Ok(xdp)
     }
 
@@ -448,6 +452,7 @@ impl Offload for XdpAnswers {
             answered: c.answered,
             nxdomain: c.nxdomain,
             offloaded: c.answered,
+            offload_missed: c.missed,
             ..Counters::default()
         }
     }

@@ -273,7 +273,8 @@ fn a_new_user_defines_a_subnet_starts_region_and_rack_and_clients_boot() {
     let m = h.rack_metrics();
     assert!(
         metric(&m, "kumo_rack_dns_answered_in_xdp_total") >= 3,
-        "repeated queries not answered in xdp:\n{m}"
+        "repeated queries not answered in xdp:\n{m}\n{}",
+        h.log("rack.log")
     );
 
     // A change reaches DNS without a restart (and no stale NXDOMAIN is

@@ -593,6 +593,11 @@ fn metrics_text(
             d.offloaded,
         );
         counter(
+            "dns_xdp_missed",
+            "DNS queries XDP saw but left to the server (not yet answered, or answered from older zones)",
+            d.offload_missed,
+        );
+        counter(
             "dns_forwarded",
             "DNS queries forwarded upstream",
             d.forwarded,

@@ -196,6 +196,12 @@ impl Store {
             // writer never meets SQLITE_BUSY from another of our own.
             Engine::Sqlite => AnyPoolOptions::new()
                 .max_connections(1)
+                // Callers queue for the one connection. On a loaded host (a
+                // slow disk during a WAL checkpoint, a busy wait on another
+                // process's lock) the queue can take longer than sqlx's 30 s
+                // default, and a request should then wait, not fail with a
+                // 500: seen once in metal_e2e while two TCG machines booted.
+                .acquire_timeout(std::time::Duration::from_secs(300))
                 .after_connect(|conn, _| {
                     Box::pin(async move {
                         for pragma in [
