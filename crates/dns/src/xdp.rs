@@ -435,10 +435,16 @@ fn driver(interface: &str) -> Option<String> {
 impl Offload for XdpAnswers {
     fn reloaded(&self, generation: u64) {
         let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
-        maps.current.generation = generation as u32;
+        // Only forwards: attach's catch-up call may arrive after a newer
+        // reload's own call.
+        let generation = generation as u32;
+        if generation < maps.current.generation {
+            return;
+        }
+        maps.current.generation = generation;
         let current = maps.current;
         if let Err(e) = maps.config.set(0, current, 0) {
-            // Stale answers would be sent: take the program's address away.
+            // Stale answers would be sent: port 0 matches no query.
             tracing::error!(interface = %self.interface, error = %e, "dns xdp generation");
             let none = Config::default();
             let _ = maps.config.set(0, none, 0);
