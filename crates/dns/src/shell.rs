@@ -177,7 +177,8 @@ impl Listener {
             }
         }
         let threads = udp.stop();
-        // Detaches the program: from here on the socket hears everything.
+        // The program is detached when the last clone goes: this one and
+        // the UDP threads' (they exit at once, joined below).
         drop(xdp);
         tasks.shutdown().await;
         // They were woken and exit at once.
